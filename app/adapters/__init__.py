@@ -1,0 +1,1 @@
+"""Adapters for the ports in :mod:`app.ports`: deterministic fakes a real one replaces."""

@@ -1,0 +1,169 @@
+"""The Python API: place, read and wait for orders.
+
+With the default (embedded) settings the in-process workers start on first use and stop
+at interpreter exit, so ``app.wait_for_order(app.place_order("c1", [...]))`` just works.
+With a real broker configured the API only writes orders (the workers run elsewhere).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.commands import PlaceOrder
+from app.errors import InvalidOrder
+from app.runtime import Runtime
+from app.services.order import OrderView
+from app.values import DEFAULT_ADDRESS
+from config.settings import Settings
+
+
+class System:
+    """A running system as this process sees it: the runtime, plus workers if embedded."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.runtime = Runtime(settings)
+        self.workers: Any = None
+
+    def start(self) -> System:
+        rt = self.runtime
+        if rt.settings.embedded:
+            from app.embedded import EmbeddedWorkers
+
+            self.workers = EmbeddedWorkers(rt)
+            self.workers.start()
+        else:
+            rt.prepare(("order",))
+        return self
+
+    def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
+        self.runtime.close()
+
+
+_lock = threading.Lock()
+_system: System | None = None
+
+
+def start(settings: Settings | None = None) -> System:
+    """Start the system for this process (idempotent). Called on first use if not before."""
+    global _system
+    with _lock:
+        if _system is None:
+            _system = System(settings).start()
+        return _system
+
+
+def stop() -> None:
+    """Stop the in-process workers (if any) and close connections."""
+    global _system
+    with _lock:
+        if _system is not None:
+            _system.stop()
+            _system = None
+
+
+atexit.register(stop)
+
+
+def _current() -> System:
+    return _system if _system is not None else start()
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "order"
+
+
+def validate_order(
+    customer_id: Any,
+    items: Any,
+    payment_token: Any = "tok_ok",
+    ship_to: Any = None,
+    idempotency_key: Any = None,
+    currency: Any = "EUR",
+) -> PlaceOrder:
+    """Check an order's shape at the edge; raise InvalidOrder naming the first bad field."""
+    try:
+        return PlaceOrder.model_validate(
+            {
+                "customer_id": customer_id,
+                "items": items,
+                "payment_token": payment_token,
+                "ship_to": DEFAULT_ADDRESS.model_dump() if ship_to is None else ship_to,
+                "idempotency_key": idempotency_key,
+                "currency": currency,
+            }
+        )
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        got = error.get("input")
+        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 40 else ""
+        raise InvalidOrder(_field_name(tuple(error["loc"])), f"{error['msg']}{shown}") from None
+
+
+def place_order(
+    customer_id: str,
+    items: list[dict[str, Any]],
+    payment_token: str = "tok_ok",
+    ship_to: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+    currency: str = "EUR",
+) -> str:
+    """Place an order and start its saga; returns the order id.
+
+    ``items`` is a list of ``{"sku": str, "qty": int}``. Bad input raises
+    :class:`app.InvalidOrder` naming the field; nothing is written or enqueued. The same
+    ``idempotency_key`` returns the same order id and places nothing new.
+    """
+    request = validate_order(customer_id, items, payment_token, ship_to, idempotency_key, currency)
+    order_id, _created = _current().runtime.order.place(request)
+    return order_id
+
+
+def get_order(order_id: str) -> OrderView:
+    """The order's status, reason, total and timeline. Raises :class:`app.OrderNotFound`."""
+    return _current().runtime.order.view(order_id)
+
+
+def wait_for_order(order_id: str, timeout: float = 30.0, poll: float = 0.02) -> OrderView:
+    """Return the order once COMPLETED or CANCELLED; raise TimeoutError after ``timeout`` s."""
+    rt = _current().runtime
+    deadline = time.monotonic() + timeout
+    while True:
+        if rt.order.status(order_id) != "PENDING":
+            return rt.order.view(order_id)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"order {order_id} is still PENDING after {timeout}s")
+        time.sleep(poll)
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    sku: str
+    name: str
+    price_cents: int
+    currency: str
+    available: int
+
+
+def list_catalog() -> list[CatalogItem]:
+    """Every SKU with its price and the stock available right now."""
+    rt = _current().runtime
+    levels = rt.inventory.levels()
+    return [
+        CatalogItem(sku, p["name"], p["price_cents"], p["currency"], levels[sku].available if sku in levels else 0)
+        for sku, p in rt.order.prices().items()
+    ]

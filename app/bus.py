@@ -1,0 +1,89 @@
+"""The way out of a service: its outbox, published by the relay.
+
+A service's transaction writes its events to its log (``<service>_events``). After the
+commit, :meth:`Relay.publish` sends each event to every subscribed task and stamps it
+published. :meth:`Relay.sweep` does the same, periodically, for any event that was
+committed but not published (the process died between the two), so nothing is stranded.
+Publishing twice is harmless: consumers are idempotent by event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from app.db import Database
+from app.events import Envelope
+from app.subscriptions import consumers_of
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Sends one message to a task. Implemented over Celery in ``app/tasks.py``."""
+
+    def send(self, task: str, body: dict[str, Any], *, message_id: str, correlation_id: str) -> None: ...
+
+
+class Relay:
+    def __init__(
+        self,
+        databases: Mapping[str, Database],
+        publisher: Publisher,
+        consumers: Callable[[str], tuple[str, ...]] = consumers_of,
+    ) -> None:
+        self.databases = databases
+        self.publisher = publisher
+        self.consumers = consumers
+
+    def publish(self, service: str, events: list[Envelope]) -> None:
+        """Send committed events to their consumers; a failure leaves them for the sweep."""
+        sent: list[str] = []
+        try:
+            for env in events:
+                body = env.to_wire()
+                for task in self.consumers(env.event_type):
+                    self.publisher.send(
+                        task, body, message_id=f"{env.event_id}:{task}", correlation_id=env.correlation_id
+                    )
+                sent.append(env.event_id)
+        except Exception:  # the broker is unreachable: the sweep will send them
+            log.warning("could not publish %d event(s) of %s now; the outbox sweep will", len(events), service)
+        finally:
+            try:
+                self.databases[service].mark_published(sent)
+            except Exception:  # harmless: they will be sent again and absorbed
+                log.warning("could not mark %d event(s) of %s published", len(sent), service, exc_info=True)
+
+    def sweep(self, service: str, older_than_seconds: float) -> int:
+        """Publish the service's committed-but-unpublished events. Returns how many."""
+        pending = self.databases[service].unpublished(older_than_seconds)
+        if pending:
+            log.info("outbox sweep: publishing %d stranded event(s) of %s", len(pending), service)
+            self.publish(service, pending)
+        return len(pending)
+
+
+class OutboxSweeper(threading.Thread):
+    """Calls :meth:`Relay.sweep` for some services every ``interval`` seconds."""
+
+    def __init__(self, relay: Relay, services: tuple[str, ...], interval: float, grace: float) -> None:
+        super().__init__(name="outbox-sweeper", daemon=True)
+        self.relay = relay
+        self.services = services
+        self.interval = interval
+        self.grace = grace
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            for service in self.services:
+                try:
+                    self.relay.sweep(service, self.grace)
+                except Exception:  # keep sweeping; the next round tries again
+                    log.warning("outbox sweep of %s failed", service, exc_info=True)
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,71 @@
+"""Build the Celery canvas of a saga from its definition (``app/saga.py``).
+
+For the checkout this is::
+
+    chord([inventory.reserve, payment.authorize], shipping.schedule) | payment.capture | order.complete
+
+Every task gets one argument (its command) as an immutable signature, so nothing flows
+between steps but the order id — the database is the memory, the canvas the routing slip.
+
+Failure: every step outside a chord header carries an error callback
+``order.compensate({"order_id", "failed_step"})``. It takes one argument, so Celery
+publishes it to the order queue rather than running it inline in the failing worker
+(errbacks of more than one argument run inline). A chord header has no error callback of
+its own (``task_allow_error_cb_on_chord_header`` stays off): when a header task fails, the
+chord's body fails with ChordError *after every header task has finished*, and the
+body's callback fires once — so compensation never races the other parallel branch.
+The compensations then run as a chain, newest first, ending in ``order.cancel``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, chain, chord, group
+from celery.canvas import Signature
+
+from app.commands import CompensateOrder
+from app.saga import Compensation, Saga, Step
+
+
+def _sig(app: Celery, task: str, body: dict[str, Any], **options: Any) -> Signature:
+    return app.signature(task, args=(body,), immutable=True, **options)
+
+
+def build_saga(app: Celery, saga: Saga, order_id: str, commands: dict[str, dict[str, Any]]) -> Signature:
+    """The whole forward path of one saga, with its error callbacks."""
+
+    def step_sig(step: Step) -> Signature:
+        return _sig(app, step.task, commands[step.name], task_id=f"{order_id}.{step.name}")
+
+    def guarded(step: Step) -> Signature:
+        errback = _sig(
+            app,
+            saga.compensate_task,
+            CompensateOrder(order_id=order_id, failed_step=step.name).model_dump(mode="json"),
+        )
+        return step_sig(step).on_error(errback)
+
+    parts: list[Signature] = []
+    phases = list(saga.phases)
+    index = 0
+    while index < len(phases):
+        phase = phases[index]
+        if len(phase) == 1:
+            parts.append(guarded(phase[0]))
+            index += 1
+            continue
+        join = phases[index + 1][0]
+        parts.append(chord(group([step_sig(step) for step in phase], app=app), guarded(join), app=app))
+        index += 2
+    return parts[0] if len(parts) == 1 else chain(*parts, app=app)
+
+
+def build_compensation(
+    app: Celery, saga: Saga, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
+) -> Signature:
+    """Compensations newest first, then the order's cancellation, as one chain."""
+    body = {"order_id": order_id}
+    links = [_sig(app, comp.task, body) for comp in compensations]
+    links.append(_sig(app, saga.cancel_task, cancel_command))
+    return chain(*links, app=app)

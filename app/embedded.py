@@ -1,0 +1,87 @@
+"""Embedded mode: the whole system in one process.
+
+One in-process Celery worker per service queue (threads pool) on kombu's ``memory://``
+transport, SQLite, and an outbox sweeper thread. The workers are real asynchronous Celery
+workers — same tasks, queues and canvases as in production — only the transport is
+in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+
+from app.bus import OutboxSweeper
+from app.runtime import Runtime
+from config.settings import SERVICES
+
+log = logging.getLogger("checkout.embedded")
+
+
+class _Worker(WorkController):  # type: ignore[misc]
+    """A worker that says when it is ready to consume."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.ready = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        self.ready.set()
+
+
+class EmbeddedWorkers:
+    """Start and stop the in-process workers of every service."""
+
+    def __init__(self, rt: Runtime, pool: str = "threads") -> None:
+        self.pool = pool
+        if not rt.settings.embedded:
+            raise RuntimeError("embedded workers need CHECKOUT_BROKER_URL=memory://")
+        self.rt = rt
+        self.workers: list[tuple[_Worker, threading.Thread]] = []
+        self.sweeper = OutboxSweeper(rt.relay, SERVICES, rt.settings.outbox_sweep_seconds, rt.settings.outbox_grace_seconds)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.rt.prepare()
+        app = self.rt.celery
+        # Celery runs tasks of in-process workers through the process's current app, so the
+        # four workers share one app; each takes its queue selection as its consumer starts.
+        app.set_current()
+        app.set_default()
+        app.finalize()
+        queues = app.amqp.queues
+        try:
+            for service in SERVICES:
+                queues.select([service])
+                worker = _Worker(
+                    app=app,
+                    hostname=f"{service}@embedded",
+                    pool=self.pool,
+                    concurrency=self.rt.settings.embedded_concurrency,
+                    loglevel=self.rt.settings.log_level,
+                    without_heartbeat=True,
+                    without_mingle=True,
+                    without_gossip=True,
+                    ready_callback=None,
+                )
+                thread = threading.Thread(target=worker.start, name=f"worker-{service}", daemon=True)
+                thread.start()
+                self.workers.append((worker, thread))
+                if not worker.ready.wait(timeout):
+                    raise RuntimeError(f"embedded worker {worker.hostname} did not start within {timeout}s")
+        finally:
+            queues.select(list(SERVICES))
+        self.sweeper.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.sweeper.stop()
+        if not self.workers:
+            return
+        worker_state.should_terminate = 0
+        for _, thread in self.workers:
+            thread.join(timeout)
+        worker_state.should_terminate = None
+        self.workers.clear()

@@ -1,0 +1,62 @@
+"""The exceptions the product raises, split by what the caller should do about them."""
+
+from __future__ import annotations
+
+
+class CheckoutError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidOrder(CheckoutError, ValueError):
+    """The order was rejected at placement; the message names the offending field.
+
+    Nothing was written and nothing was enqueued.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class OrderNotFound(CheckoutError, LookupError):
+    """No order has this id."""
+
+
+class BusinessFailure(CheckoutError):
+    """A fact, not a fault: declined card, no stock, no carrier. Never retried.
+
+    ``reason`` is the order's cancellation reason (``out_of_stock``, ``card_declined``, ...).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class TransientFailure(CheckoutError):
+    """A fault that may go away: a gateway timeout, a lost connection. Retried with backoff.
+
+    ``reason`` is what the saga is cancelled with if the retries run out.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class StepFailed(CheckoutError):
+    """A saga step ended without effect; raised by task adapters so the canvas stops.
+
+    The step has already recorded its failure (and the failure event) in its service.
+    """
+
+    def __init__(self, step: str, reason: str) -> None:
+        self.step = step
+        self.reason = reason
+        super().__init__(f"{step} failed: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (StepFailed, (self.step, self.reason))

@@ -1,0 +1,209 @@
+"""Domain events: immutable facts, one envelope, one registry.
+
+Each event type is a pydantic model registered under an explicit name (never an import
+path), so moving a module never strands a message in flight. Money is integer minor units
+with an ISO currency code. ``Envelope`` is what travels on the wire and what every
+service's event log (its outbox) stores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.values import Address, Line
+
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+
+
+class Event(BaseModel):
+    """Base of every event payload. Subclasses set ``TYPE``, ``TOPIC`` and ``VERSION``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TYPE: ClassVar[str]
+    TOPIC: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    SERVICE: ClassVar[str]
+
+    order_id: str = Field(min_length=1, max_length=64)
+
+
+REGISTRY: dict[str, type[Event]] = {}
+
+#: The first part of a topic names the domain; this says which service owns it.
+TOPIC_DOMAINS: dict[str, str] = {
+    "orders": "order",
+    "inventory": "inventory",
+    "payments": "payment",
+    "shipping": "shipping",
+}
+
+E = TypeVar("E", bound=type[Event])
+
+
+def event(type_: str, topic: str, version: int = 1) -> Callable[[E], E]:
+    """Register an event class under its wire name."""
+
+    def register(cls: E) -> E:
+        if type_ in REGISTRY:
+            raise ValueError(f"event type {type_!r} registered twice")
+        cls.TYPE, cls.TOPIC, cls.VERSION = type_, topic, version
+        cls.SERVICE = TOPIC_DOMAINS[topic.split(".", 1)[0]]
+        REGISTRY[type_] = cls
+        return cls
+
+    return register
+
+
+# --- order ---------------------------------------------------------------------------
+
+
+@event("OrderPlaced", "orders.order.placed")
+class OrderPlaced(Event):
+    customer_id: str
+    ship_to: Address
+    lines: tuple[Line, ...]
+    total_cents: int = Field(ge=0)
+    currency: str = Field(pattern=CURRENCY_PATTERN)
+
+
+@event("OrderCompleted", "orders.order.completed")
+class OrderCompleted(Event):
+    total_cents: int = Field(ge=0)
+    currency: str = Field(pattern=CURRENCY_PATTERN)
+
+
+@event("OrderCancelled", "orders.order.cancelled")
+class OrderCancelled(Event):
+    reason: str
+
+
+# --- inventory -----------------------------------------------------------------------
+
+
+@event("InventoryReserved", "inventory.stock.reserved")
+class InventoryReserved(Event):
+    lines: tuple[Line, ...]
+
+
+@event("InventoryReservationFailed", "inventory.stock.reservation_failed")
+class InventoryReservationFailed(Event):
+    reason: str
+    sku: str | None = None
+
+
+@event("InventoryReleased", "inventory.stock.released")
+class InventoryReleased(Event):
+    lines: tuple[Line, ...]
+
+
+@event("InventoryCommitted", "inventory.stock.committed")
+class InventoryCommitted(Event):
+    lines: tuple[Line, ...]
+
+
+# --- payment -------------------------------------------------------------------------
+
+
+@event("PaymentAuthorized", "payments.payment.authorized")
+class PaymentAuthorized(Event):
+    amount_cents: int = Field(ge=0)
+    currency: str = Field(pattern=CURRENCY_PATTERN)
+
+
+@event("PaymentDeclined", "payments.payment.declined")
+class PaymentDeclined(Event):
+    reason: str
+
+
+@event("PaymentCaptured", "payments.payment.captured")
+class PaymentCaptured(Event):
+    amount_cents: int = Field(ge=0)
+    currency: str = Field(pattern=CURRENCY_PATTERN)
+
+
+@event("PaymentVoided", "payments.payment.voided")
+class PaymentVoided(Event):
+    amount_cents: int = Field(ge=0)
+
+
+@event("PaymentRefunded", "payments.payment.refunded")
+class PaymentRefunded(Event):
+    amount_cents: int = Field(ge=0)
+
+
+@event("PaymentFailed", "payments.payment.failed")
+class PaymentFailed(Event):
+    reason: str
+    step: str | None = Field(None, max_length=64)
+
+
+# --- shipping ------------------------------------------------------------------------
+
+
+@event("ShipmentScheduled", "shipping.shipment.scheduled")
+class ShipmentScheduled(Event):
+    tracking_ref: str
+    country: str
+
+
+@event("ShipmentFailed", "shipping.shipment.failed")
+class ShipmentFailed(Event):
+    reason: str
+
+
+@event("ShipmentCancelled", "shipping.shipment.cancelled")
+class ShipmentCancelled(Event):
+    pass
+
+
+#: Failure events carry the reason an order is cancelled with.
+FAILURE_EVENTS: frozenset[str] = frozenset(
+    {"InventoryReservationFailed", "PaymentDeclined", "PaymentFailed", "ShipmentFailed"}
+)
+
+
+class Envelope(BaseModel):
+    """The one shape every event has on the wire and in the log."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=64)
+    event_type: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    topic: str = Field(min_length=1, max_length=128)
+    occurred_at: datetime
+    key: str = Field(min_length=1, max_length=64)
+    correlation_id: str = Field(min_length=1, max_length=64)
+    causation_id: str | None = Field(None, max_length=128)
+    payload: dict[str, Any]
+
+    @classmethod
+    def wrap(cls, evt: Event, *, correlation_id: str | None = None, causation_id: str | None = None) -> Envelope:
+        return cls(
+            event_id=str(uuid.uuid4()),
+            event_type=evt.TYPE,
+            version=evt.VERSION,
+            topic=evt.TOPIC,
+            occurred_at=datetime.now(UTC),
+            key=evt.order_id,
+            correlation_id=correlation_id or evt.order_id,
+            causation_id=causation_id,
+            payload=evt.model_dump(mode="json"),
+        )
+
+    @property
+    def service(self) -> str:
+        return REGISTRY[self.event_type].SERVICE
+
+    def open(self) -> Event:
+        """The typed payload; raises ``KeyError`` for an unknown type, ``ValidationError`` for a bad one."""
+        return REGISTRY[self.event_type].model_validate(self.payload)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,135 @@
+"""The composition root: engines, adapters, services and Celery apps, built per process.
+
+Nothing connects at import time. A worker entry point (``workers/<service>.py``) calls
+:func:`worker_app`; the Python API builds a :class:`Runtime` on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Any
+
+from celery import Celery, signals
+from sqlalchemy import Engine
+
+from app.adapters.fake_carrier import FakeCarrier
+from app.adapters.fake_gateway import FakePaymentGateway
+from app.bus import OutboxSweeper, Relay
+from app.catalog import CATALOG
+from app.db import Database, make_engine
+from app.saga import CHECKOUT
+from app.services import inventory, order, payment, shipping
+from app.services.inventory import InventoryService
+from app.services.order import OrderService
+from app.services.payment import PaymentService
+from app.services.shipping import ShippingService
+from app.tasks import CeleryPublisher, register_tasks
+from config.celery import celery_config
+from config.settings import SERVICES, Settings
+
+log = logging.getLogger("checkout")
+
+SERVICE_MODULES: dict[str, ModuleType] = {
+    "order": order,
+    "inventory": inventory,
+    "payment": payment,
+    "shipping": shipping,
+}
+
+
+class Runtime:
+    """Everything one process needs, wired once."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.engines: dict[str, Engine] = {}
+        self.databases: dict[str, Database] = {}
+        for service in SERVICES:
+            url = self.settings.database_url_for(service)
+            if url not in self.engines:
+                self.engines[url] = make_engine(url)
+            module = SERVICE_MODULES[service]
+            self.databases[service] = Database(service, self.engines[url], module.metadata, module.tables)
+        self.saga = CHECKOUT
+        self.gateway = FakePaymentGateway(self.databases["payment"].engine)
+        self.carrier = FakeCarrier()
+        self.order = OrderService(self.databases["order"], deadline_seconds=self.settings.saga_deadline_seconds)
+        self.inventory = InventoryService(self.databases["inventory"])
+        self.payment = PaymentService(self.databases["payment"], self.gateway)
+        self.shipping = ShippingService(self.databases["shipping"], self.carrier)
+        self.celery = self.make_celery()
+        self.relay = Relay(self.databases, CeleryPublisher(self.celery))
+        for db in self.databases.values():
+            db.after_commit(self.relay.publish)
+
+    def make_celery(self, name: str = "checkout") -> Celery:
+        """A Celery app configured for this system, with every task registered."""
+        app = Celery(name, set_as_current=False)
+        app.conf.update(celery_config(self.settings))
+        register_tasks(app, self)
+        return app
+
+    def prepare(self, services: tuple[str, ...] = SERVICES) -> None:
+        """Create the services' tables if missing and seed the catalog and stock."""
+        for service in services:
+            self.databases[service].create_schema()
+        if "order" in services:
+            self.order.seed()
+        if "inventory" in services:
+            self.inventory.seed({p.sku: p.initial_stock for p in CATALOG})
+        if "payment" in services:
+            self.gateway.create_schema()
+
+    def declare_queues(self) -> None:
+        """Declare the exchange and every service queue, so no early message is dropped."""
+        with self.celery.connection_for_write() as conn:
+            for queue in self.celery.amqp.queues.values():
+                queue(conn.default_channel).declare()
+
+    def after_fork(self) -> None:
+        """In a forked worker child: drop connections inherited from the parent."""
+        for engine in self.engines.values():
+            engine.dispose(close=False)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+
+
+def worker_app(service: str, settings: Settings | None = None) -> Celery:
+    """The Celery app of one service's worker process (``celery -A workers.<service> worker``).
+
+    It consumes its own queue by default, prepares its tables when the worker starts,
+    sweeps its outbox periodically, and reopens database connections in each pool child.
+    """
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    rt = Runtime(settings)
+    app = rt.celery
+    app.amqp.queues.select([service])
+    sweeper: dict[str, Any] = {}
+
+    @signals.worker_init.connect(weak=False)
+    def _prepare(**_: Any) -> None:
+        rt.prepare((service,))
+        rt.declare_queues()
+
+    @signals.worker_process_init.connect(weak=False)
+    def _child(**_: Any) -> None:
+        rt.after_fork()
+
+    @signals.worker_ready.connect(weak=False)
+    def _start_sweeper(**_: Any) -> None:
+        settings = rt.settings
+        sweeper["thread"] = OutboxSweeper(
+            rt.relay, (service,), settings.outbox_sweep_seconds, settings.outbox_grace_seconds
+        )
+        sweeper["thread"].start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _stop_sweeper(**_: Any) -> None:
+        if "thread" in sweeper:
+            sweeper["thread"].stop()
+
+    return app

@@ -1,0 +1,521 @@
+"""Order: the order itself, its prices, and the saga's memory.
+
+The order service places orders, starts the saga, and learns how it goes from the other
+services' events (never their tables). An order is cancelled once two things are known:
+the compensations have run (``order.cancel`` arrives at the end of the compensation
+chain) and why it failed (a failure event has arrived). Whichever comes second cancels
+it, so the outcome does not depend on which message is delivered first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
+
+from app.catalog import CATALOG, SUPPORTED_CURRENCIES
+from app.commands import (
+    AuthorizePayment,
+    CancelOrder,
+    CapturePayment,
+    CompensateOrder,
+    CompleteOrder,
+    PlaceOrder,
+    ReserveInventory,
+    ScheduleShipment,
+)
+from app.db import Database, StepRecord, UnitOfWork, as_utc, standard_tables, utcnow
+from app.errors import InvalidOrder, OrderNotFound
+from app.events import FAILURE_EVENTS, Envelope, Event, OrderCancelled, OrderCompleted, OrderPlaced
+from app.saga import CHECKOUT, Compensation, Saga
+from app.values import Address, Line
+
+SERVICE = "order"
+metadata = MetaData()
+tables = standard_tables(SERVICE, metadata)
+
+catalog = Table(
+    "order_catalog",
+    metadata,
+    Column("sku", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("price_cents", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+)
+
+orders = Table(
+    "order_orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # PENDING, COMPLETED, CANCELLED
+    Column("reason", String(32)),
+    Column("total_cents", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("payment_token", String(64), nullable=False),
+    Column("ship_to", JSON, nullable=False),
+    Column("idempotency_key", String(128), unique=True),
+    Column("saga_state", String(16), nullable=False),  # RUNNING, COMPENSATING, DONE
+    Column("steps", JSON, nullable=False),  # step name -> done / failed / ...
+    Column("failed_step", String(64)),
+    Column("failure_reason", String(32)),
+    Column("compensated", Boolean, nullable=False),
+    Column("saga_dispatched_at", DateTime(timezone=True)),
+    Column("compensation_dispatched_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("deadline_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("sku", String(32), nullable=False),
+    Column("qty", Integer, nullable=False),
+    Column("unit_price_cents", Integer, nullable=False),
+)
+
+timeline = Table(
+    "order_timeline",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", String(64), nullable=False, index=True),
+    Column("event_id", String(64), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("service", String(16), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("order_id", "event_id"),
+)
+
+#: What each event says about a step of the saga (for the order's view of its saga).
+STEP_EVENTS: dict[str, tuple[str, str]] = {
+    "InventoryReserved": ("reserve_inventory", "done"),
+    "InventoryReservationFailed": ("reserve_inventory", "failed"),
+    "PaymentAuthorized": ("authorize_payment", "done"),
+    "PaymentDeclined": ("authorize_payment", "failed"),
+    "ShipmentScheduled": ("schedule_shipping", "done"),
+    "ShipmentFailed": ("schedule_shipping", "failed"),
+    "PaymentCaptured": ("capture_payment", "done"),
+    "InventoryReleased": ("release_inventory", "done"),
+    "PaymentVoided": ("void_payment", "done"),
+    "PaymentRefunded": ("refund_payment", "done"),
+    "ShipmentCancelled": ("cancel_shipment", "done"),
+    "InventoryCommitted": ("commit_inventory", "done"),
+}
+
+TERMINAL = frozenset({"COMPLETED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    type: str
+    service: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """What a caller sees of an order."""
+
+    order_id: str
+    customer_id: str
+    status: str
+    reason: str | None
+    total_cents: int
+    currency: str
+    lines: tuple[Line, ...]
+    ship_to: Address
+    steps: dict[str, str]
+    events: tuple[TimelineEntry, ...]
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class SagaPlan:
+    """What the saga of one order needs: one command body per step."""
+
+    order_id: str
+    commands: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CompensationPlan:
+    order_id: str
+    compensations: tuple[Compensation, ...]
+    cancel_command: dict[str, Any] = field(default_factory=dict)
+
+
+class OrderService:
+    def __init__(self, db: Database, *, deadline_seconds: float = 300.0, saga: Saga = CHECKOUT) -> None:
+        self.db = db
+        self.deadline = timedelta(seconds=deadline_seconds)
+        self.saga = saga
+
+    # --- catalog --------------------------------------------------------------------
+
+    def seed(self) -> None:
+        def work(uow: UnitOfWork) -> None:
+            have = set(uow.conn.execute(select(catalog.c.sku)).scalars())
+            for product in CATALOG:
+                if product.sku not in have:
+                    uow.conn.execute(
+                        insert(catalog).values(
+                            sku=product.sku, name=product.name, price_cents=product.price_cents, currency=product.currency
+                        )
+                    )
+
+        self.db.run(work)
+
+    def prices(self) -> dict[str, dict[str, Any]]:
+        rows = self.db.query(lambda c: c.execute(select(catalog).order_by(catalog.c.sku)).all())
+        return {r.sku: {"name": r.name, "price_cents": r.price_cents, "currency": r.currency} for r in rows}
+
+    # --- placing --------------------------------------------------------------------
+
+    def place(self, request: PlaceOrder) -> tuple[str, bool]:
+        """Write the order and its OrderPlaced event in one transaction.
+
+        Returns ``(order_id, created)``; an idempotency key seen before returns the
+        earlier order and writes nothing. Raises InvalidOrder (nothing written) for an
+        unknown SKU or an unsupported currency.
+        """
+        if request.currency not in SUPPORTED_CURRENCIES:
+            raise InvalidOrder(
+                "currency",
+                f"unsupported currency {request.currency!r}; supported: {', '.join(sorted(SUPPORTED_CURRENCIES))}",
+            )
+
+        def work(uow: UnitOfWork) -> tuple[str, bool]:
+            if request.idempotency_key is not None:
+                existing = uow.conn.execute(
+                    select(orders.c.order_id).where(orders.c.idempotency_key == request.idempotency_key)
+                ).scalar()
+                if existing is not None:
+                    return existing, False
+            skus = {line.sku for line in request.items}
+            prices = {
+                r.sku: r
+                for r in uow.conn.execute(
+                    select(catalog.c.sku, catalog.c.price_cents, catalog.c.currency).where(catalog.c.sku.in_(skus))
+                )
+            }
+            for index, line in enumerate(request.items):
+                if line.sku not in prices:
+                    raise InvalidOrder(f"items[{index}].sku", f"unknown SKU {line.sku!r} (see list_catalog())")
+                if prices[line.sku].currency != request.currency:
+                    raise InvalidOrder("currency", f"{line.sku} is not sold in {request.currency}")
+            total = sum(prices[line.sku].price_cents * line.qty for line in request.items)
+            order_id = str(uuid.uuid4())
+            now = utcnow()
+            uow.conn.execute(
+                insert(orders).values(
+                    order_id=order_id,
+                    customer_id=request.customer_id,
+                    status="PENDING",
+                    total_cents=total,
+                    currency=request.currency,
+                    payment_token=request.payment_token,
+                    ship_to=request.ship_to.model_dump(),
+                    idempotency_key=request.idempotency_key,
+                    saga_state="RUNNING",
+                    steps={},
+                    compensated=False,
+                    created_at=now,
+                    updated_at=now,
+                    deadline_at=now + self.deadline,
+                )
+            )
+            uow.conn.execute(
+                insert(order_lines),
+                [
+                    {
+                        "order_id": order_id,
+                        "line_no": n,
+                        "sku": line.sku,
+                        "qty": line.qty,
+                        "unit_price_cents": prices[line.sku].price_cents,
+                    }
+                    for n, line in enumerate(request.items, start=1)
+                ],
+            )
+            self._emit(
+                uow,
+                OrderPlaced(
+                    order_id=order_id,
+                    customer_id=request.customer_id,
+                    ship_to=request.ship_to,
+                    lines=request.items,
+                    total_cents=total,
+                    currency=request.currency,
+                ),
+            )
+            return order_id, True
+
+        return self.db.run(work)
+
+    # --- the saga -------------------------------------------------------------------
+
+    def plan_saga(self, order_id: str) -> SagaPlan | None:
+        """The commands of a saga not yet dispatched; None if it is already under way."""
+
+        def work(uow: UnitOfWork) -> SagaPlan | None:
+            row = _order_row(uow, order_id)
+            if row.status in TERMINAL or row.saga_dispatched_at is not None:
+                return None
+            lines = tuple(
+                Line(sku=r.sku, qty=r.qty)
+                for r in uow.conn.execute(
+                    select(order_lines.c.sku, order_lines.c.qty)
+                    .where(order_lines.c.order_id == order_id)
+                    .order_by(order_lines.c.line_no)
+                )
+            )
+            ship_to = Address(**row.ship_to)
+            commands = {
+                "reserve_inventory": ReserveInventory(order_id=order_id, lines=lines),
+                "authorize_payment": AuthorizePayment(
+                    order_id=order_id,
+                    amount_cents=row.total_cents,
+                    currency=row.currency,
+                    payment_token=row.payment_token,
+                ),
+                "schedule_shipping": ScheduleShipment(order_id=order_id, ship_to=ship_to, lines=lines),
+                "capture_payment": CapturePayment(order_id=order_id),
+                "complete_order": CompleteOrder(order_id=order_id),
+            }
+            return SagaPlan(order_id, {name: cmd.model_dump(mode="json") for name, cmd in commands.items()})
+
+        return self.db.run(work)
+
+    def saga_dispatched(self, order_id: str) -> None:
+        self._set(order_id, saga_dispatched_at=utcnow())
+
+    def complete(self, cmd: CompleteOrder, causation_id: str | None = None) -> StepRecord:
+        """The last forward step: the order is COMPLETED. Idempotent."""
+
+        def work(uow: UnitOfWork) -> StepRecord:
+            recorded = uow.step(cmd.order_id, "complete_order")
+            if recorded is not None:
+                return recorded
+            row = _order_row(uow, cmd.order_id)
+            if row.status != "PENDING" or row.saga_state == "COMPENSATING":
+                return uow.record_step(cmd.order_id, "complete_order", StepRecord("prevented"))
+            now = utcnow()
+            uow.conn.execute(
+                update(orders)
+                .where(orders.c.order_id == cmd.order_id)
+                .values(status="COMPLETED", saga_state="DONE", updated_at=now, finished_at=now)
+            )
+            self._emit(uow, OrderCompleted(order_id=cmd.order_id, total_cents=row.total_cents, currency=row.currency))
+            return uow.record_step(cmd.order_id, "complete_order", StepRecord("done"))
+
+        return self.db.run(work, causation_id=causation_id)
+
+    def give_up(self, order_id: str, step: str, reason: str, causation_id: str | None = None) -> StepRecord:
+        """The order's own step ran out of retries: remember why, for the cancellation."""
+
+        def work(uow: UnitOfWork) -> StepRecord:
+            recorded = uow.step(order_id, step)
+            if recorded is not None:
+                return recorded
+            uow.conn.execute(
+                update(orders)
+                .where(orders.c.order_id == order_id, orders.c.failure_reason.is_(None))
+                .values(failure_reason=reason, updated_at=utcnow())
+            )
+            return uow.record_step(order_id, step, StepRecord("failed", reason))
+
+        return self.db.run(work, causation_id=causation_id)
+
+    def plan_compensation(self, cmd: CompensateOrder) -> CompensationPlan | None:
+        """A step failed: which compensations to run, newest first (None if dispatched already)."""
+        self.saga.step(cmd.failed_step)  # KeyError for a step the saga does not have
+
+        def work(uow: UnitOfWork) -> CompensationPlan | None:
+            row = _order_row(uow, cmd.order_id)
+            if row.status in TERMINAL or row.compensation_dispatched_at is not None:
+                return None
+            failed_step = row.failed_step or cmd.failed_step
+            uow.conn.execute(
+                update(orders)
+                .where(orders.c.order_id == cmd.order_id)
+                .values(saga_state="COMPENSATING", failed_step=failed_step, updated_at=utcnow())
+            )
+            return CompensationPlan(
+                cmd.order_id,
+                self.saga.compensations_through(failed_step),
+                CancelOrder(order_id=cmd.order_id).model_dump(mode="json"),
+            )
+
+        return self.db.run(work)
+
+    def compensation_dispatched(self, order_id: str) -> None:
+        self._set(order_id, compensation_dispatched_at=utcnow())
+
+    def compensations_done(self, cmd: CancelOrder, causation_id: str | None = None) -> str:
+        """The compensation chain has run; cancel the order if the failure reason is known."""
+
+        def work(uow: UnitOfWork) -> str:
+            row = _order_row(uow, cmd.order_id)
+            if row.status in TERMINAL:
+                return str(row.status)
+            uow.conn.execute(
+                update(orders).where(orders.c.order_id == cmd.order_id).values(compensated=True, updated_at=utcnow())
+            )
+            return self._maybe_cancel(uow, cmd.order_id)
+
+        return self.db.run(work, causation_id=causation_id)
+
+    def record(self, env: Envelope) -> bool:
+        """Learn from another service's event: timeline, saga step, failure reason. Once per event."""
+
+        def work(uow: UnitOfWork) -> bool:
+            if not uow.first_time("order.record", env.event_id):
+                return False
+            row = uow.conn.execute(
+                select(orders.c.status, orders.c.steps, orders.c.failure_reason).where(orders.c.order_id == env.key)
+            ).first()
+            if row is None:
+                return False
+            _add_to_timeline(uow, env)
+            values: dict[str, Any] = {"updated_at": utcnow()}
+            step_status = _step_status(env)
+            if step_status is not None:
+                step, status = step_status
+                values["steps"] = {**(row.steps or {}), step: status}
+            if env.event_type in FAILURE_EVENTS and row.failure_reason is None:
+                values["failure_reason"] = str(env.payload["reason"])
+            uow.conn.execute(update(orders).where(orders.c.order_id == env.key).values(**values))
+            if row.status == "PENDING":
+                self._maybe_cancel(uow, env.key)
+            return True
+
+        return self.db.run(work, causation_id=env.event_id)
+
+    # --- reading --------------------------------------------------------------------
+
+    def view(self, order_id: str) -> OrderView:
+        def work(conn: Any) -> OrderView:
+            row = conn.execute(select(orders).where(orders.c.order_id == order_id)).first()
+            if row is None:
+                raise OrderNotFound(f"no order with id {order_id!r}")
+            lines = tuple(
+                Line(sku=r.sku, qty=r.qty)
+                for r in conn.execute(
+                    select(order_lines.c.sku, order_lines.c.qty)
+                    .where(order_lines.c.order_id == order_id)
+                    .order_by(order_lines.c.line_no)
+                )
+            )
+            events = tuple(
+                TimelineEntry(r.event_type, r.service, as_utc(r.occurred_at))
+                for r in conn.execute(
+                    select(timeline.c.event_type, timeline.c.service, timeline.c.occurred_at)
+                    .where(timeline.c.order_id == order_id)
+                    .order_by(timeline.c.occurred_at, timeline.c.seq)
+                )
+            )
+            return OrderView(
+                order_id=row.order_id,
+                customer_id=row.customer_id,
+                status=row.status,
+                reason=row.reason,
+                total_cents=row.total_cents,
+                currency=row.currency,
+                lines=lines,
+                ship_to=Address(**row.ship_to),
+                steps=dict(row.steps or {}),
+                events=events,
+                created_at=as_utc(row.created_at),
+                updated_at=as_utc(row.updated_at),
+                deadline_at=as_utc(row.deadline_at),
+            )
+
+        return self.db.query(work)
+
+    def status(self, order_id: str) -> str:
+        value = self.db.query(
+            lambda c: c.execute(select(orders.c.status).where(orders.c.order_id == order_id)).scalar()
+        )
+        if value is None:
+            raise OrderNotFound(f"no order with id {order_id!r}")
+        return str(value)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _emit(self, uow: UnitOfWork, evt: Event) -> None:
+        _add_to_timeline(uow, uow.emit(evt))
+
+    def _maybe_cancel(self, uow: UnitOfWork, order_id: str) -> str:
+        row = _order_row(uow, order_id)
+        if row.status != "PENDING" or not row.compensated or row.failure_reason is None:
+            return str(row.status)
+        now = utcnow()
+        uow.conn.execute(
+            update(orders)
+            .where(orders.c.order_id == order_id)
+            .values(status="CANCELLED", reason=row.failure_reason, saga_state="DONE", updated_at=now, finished_at=now)
+        )
+        self._emit(uow, OrderCancelled(order_id=order_id, reason=row.failure_reason))
+        return "CANCELLED"
+
+    def _set(self, order_id: str, **values: Any) -> None:
+        def work(uow: UnitOfWork) -> None:
+            uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
+
+        self.db.run(work)
+
+
+def _order_row(uow: UnitOfWork, order_id: str) -> Any:
+    row = uow.conn.execute(select(orders).where(orders.c.order_id == order_id)).first()
+    if row is None:
+        raise OrderNotFound(f"no order with id {order_id!r}")
+    return row
+
+
+def _add_to_timeline(uow: UnitOfWork, env: Envelope) -> None:
+    uow.conn.execute(
+        insert(timeline).values(
+            order_id=env.key,
+            event_id=env.event_id,
+            event_type=env.event_type,
+            service=env.service,
+            occurred_at=env.occurred_at,
+        )
+    )
+
+
+def _step_status(env: Envelope) -> tuple[str, str] | None:
+    if env.event_type == "PaymentFailed":
+        return (str(env.payload.get("step") or "authorize_payment"), "failed")
+    return STEP_EVENTS.get(env.event_type)
+
+
+def order_rows(db: Database) -> list[dict[str, Any]]:
+    """Every order, for the auditor."""
+    return [dict(r._mapping) for r in db.query(lambda c: c.execute(select(orders)).all())]

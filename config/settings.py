@@ -1,0 +1,116 @@
+"""Typed settings read from the environment, with embedded-mode defaults.
+
+Every variable is prefixed ``CHECKOUT_``. With nothing set, the system runs embedded:
+kombu's in-memory broker, an in-process result store and one SQLite file under
+``CHECKOUT_DATA_DIR``. Tests pass an explicit override (``Settings(**overrides)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
+
+Service = Literal["order", "inventory", "payment", "shipping"]
+
+
+class Settings(BaseSettings):
+    """What a process needs to know to join the system."""
+
+    model_config = SettingsConfigDict(env_prefix="CHECKOUT_", extra="forbid", frozen=True)
+
+    broker_url: str = Field(
+        "memory://",
+        description="Celery broker: memory:// (embedded), redis://host:port/db or amqp://user:pass@host:port/vhost.",
+    )
+    result_backend: str | None = Field(
+        None,
+        description="Celery result backend (chords need one). Default: cache+memory:// when "
+        "embedded, the broker's Redis when the broker is Redis, the database (db+URL) otherwise.",
+    )
+    data_dir: Path = Field(Path("var"), description="Where embedded mode keeps its SQLite file.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL for every service. Default: sqlite:///<data_dir>/checkout.db."
+    )
+    order_database_url: str | None = Field(None, description="Order service's own database (overrides database_url).")
+    inventory_database_url: str | None = Field(None, description="Inventory service's own database.")
+    payment_database_url: str | None = Field(None, description="Payment service's own database.")
+    shipping_database_url: str | None = Field(None, description="Shipping service's own database.")
+    namespace: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]*$",
+        description="Prefix for every Redis key the system writes (broker and results), so "
+        "several installations or test runs can share one Redis.",
+    )
+    embedded_concurrency: int = Field(2, ge=1, le=32, description="Threads per in-process service worker.")
+    retry_max: int = Field(5, ge=0, le=100, description="Retries of a step on a transient failure.")
+    retry_base_seconds: float = Field(0.2, gt=0, le=60, description="First retry delay; doubles each retry.")
+    retry_cap_seconds: float = Field(10.0, gt=0, le=3600, description="Longest delay between two retries.")
+    outbox_sweep_seconds: float = Field(
+        2.0, gt=0, le=3600, description="How often each service re-publishes events left unpublished."
+    )
+    outbox_grace_seconds: float = Field(
+        2.0, ge=0, le=3600, description="Age an unpublished event must reach before the sweep takes it."
+    )
+    saga_deadline_seconds: float = Field(300.0, gt=0, description="A saga not finished by then is stuck.")
+    visibility_timeout_seconds: int = Field(
+        300,
+        ge=10,
+        description="Redis only: an unacknowledged message is redelivered after this long. "
+        "It must exceed the longest step plus its longest retry delay.",
+    )
+    log_level: str = Field("WARNING", description="Log level of workers started in-process.")
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> Settings:
+        scheme = self.broker_url.split("://", 1)[0]
+        if scheme not in {"memory", "redis", "rediss", "amqp", "amqps", "pyamqp"}:
+            raise ValueError(
+                f"CHECKOUT_BROKER_URL: unsupported scheme {scheme!r}; use memory://, redis:// or amqp://"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def broker_kind(self) -> Literal["memory", "redis", "amqp"]:
+        scheme = self.broker_url.split("://", 1)[0]
+        if scheme == "memory":
+            return "memory"
+        if scheme.startswith("redis"):
+            return "redis"
+        return "amqp"
+
+    def database_url_for(self, service: str) -> str:
+        own = getattr(self, f"{service}_database_url")
+        if own:
+            return str(own)
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'checkout.db'}"
+
+    @property
+    def effective_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_kind == "memory":
+            return "cache+memory://"
+        if self.broker_kind == "redis":
+            return self.broker_url
+        return "db+" + self.database_url_for("order")
+
+
+def variables() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting — the README's table."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else str(field.default)
+        rows.append((f"CHECKOUT_{name.upper()}", default, field.description or ""))
+    return rows
