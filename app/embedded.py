@@ -81,6 +81,8 @@ class EmbeddedWorkers:
         if not self.workers:
             return
         worker_state.should_terminate = 0
+        for worker, _ in self.workers:
+            worker.stop(in_sighandler=False)
         for _, thread in self.workers:
             thread.join(timeout)
         worker_state.should_terminate = None

@@ -149,6 +149,12 @@ class OrderView:
     created_at: datetime
     updated_at: datetime
     deadline_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """From placement to COMPLETED or CANCELLED."""
+        return None if self.finished_at is None else (self.finished_at - self.created_at).total_seconds()
 
     @property
     def terminal(self) -> bool:
@@ -454,6 +460,7 @@ class OrderService:
                 created_at=as_utc(row.created_at),
                 updated_at=as_utc(row.updated_at),
                 deadline_at=as_utc(row.deadline_at),
+                finished_at=as_utc(row.finished_at) if row.finished_at is not None else None,
             )
 
         return self.db.query(work)

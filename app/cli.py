@@ -1,0 +1,186 @@
+"""``python -m app``: the operator's and the curious user's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from app.errors import InvalidOrder, OrderNotFound
+
+DESCRIPTION = """\
+Checkout Saga: an event-driven checkout on Celery.
+
+Configuration comes from CHECKOUT_* environment variables (`python -m app settings`
+lists them). With none set, everything runs embedded in this process: an in-memory
+broker, one worker thread pool per service, and a SQLite file under ./var.
+"""
+
+
+def _table(rows: list[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _money(cents: int, currency: str) -> str:
+    return f"{cents // 100}.{cents % 100:02d} {currency}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app import demo
+
+    return demo.run(repeat=args.repeat, timeout=args.timeout)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from app.audit import audit
+    from app.runtime import Runtime
+
+    rt = Runtime()
+    try:
+        report = audit(rt, settle=args.settle)
+    finally:
+        rt.close()
+    print(report.summary())
+    for violation in report.violations:
+        print(f"  - {violation}")
+    return 0 if report.clean else 1
+
+
+def cmd_catalog(_args: argparse.Namespace) -> int:
+    import app
+
+    items = app.list_catalog()
+    print(
+        _table(
+            [(i.sku, i.name, _money(i.price_cents, i.currency), i.available) for i in items],
+            ("sku", "name", "price", "available"),
+        )
+    )
+    return 0
+
+
+def cmd_order_show(args: argparse.Namespace) -> int:
+    from app.runtime import Runtime
+
+    rt = Runtime()
+    try:
+        view = rt.order.view(args.order_id)
+    except OrderNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        rt.close()
+    print(f"order {view.order_id}  {view.status}  {view.reason or ''}".rstrip())
+    print(f"total {_money(view.total_cents, view.currency)}  placed {view.created_at.isoformat()}")
+    print(_table([(e.time.isoformat(), e.service, e.type) for e in view.events], ("time (UTC)", "service", "event")))
+    return 0
+
+
+def cmd_place(args: argparse.Namespace) -> int:
+    import app
+
+    items = []
+    for spec in args.items:
+        sku, _, qty = spec.partition(":")
+        items.append({"sku": sku, "qty": int(qty) if qty.isdigit() else qty or 1})
+    try:
+        order_id = app.place_order(
+            args.customer,
+            items,
+            payment_token=args.token,
+            ship_to={"country": args.country} if args.country else None,
+        )
+    except InvalidOrder as exc:
+        print(f"invalid order: {exc}", file=sys.stderr)
+        return 2
+    if args.no_wait:
+        print(order_id)
+        return 0
+    view = app.wait_for_order(order_id, timeout=args.timeout)
+    print(f"{order_id} {view.status} {view.reason or ''}".rstrip())
+    return 0
+
+
+def cmd_db_init(_args: argparse.Namespace) -> int:
+    from app.runtime import Runtime
+
+    rt = Runtime()
+    try:
+        rt.prepare()
+    finally:
+        rt.close()
+    print("tables created (where missing); catalog and stock seeded")
+    return 0
+
+
+def cmd_settings(_args: argparse.Namespace) -> int:
+    from config.settings import Settings, variables
+
+    current = Settings()
+    rows = []
+    for env, default, description in variables():
+        value = getattr(current, env.removeprefix("CHECKOUT_").lower())
+        rows.append((env, "" if value is None else value, description))
+    print(_table(rows, ("variable", "value", "meaning")))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="place one batch of orders covering every test input, then audit")
+    demo.add_argument("--repeat", type=int, default=3, help="orders per test-vocabulary row (default 3)")
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the batch (default 60)")
+    demo.set_defaults(func=cmd_demo)
+
+    aud = sub.add_parser("audit", help="check the invariants; exit 1 naming every violation")
+    aud.add_argument(
+        "--settle", type=float, default=0.0, help="re-check for up to this many seconds while sagas finish"
+    )
+    aud.set_defaults(func=cmd_audit)
+
+    cat = sub.add_parser("catalog", help="list SKUs, prices and available stock")
+    cat.set_defaults(func=cmd_catalog)
+
+    place = sub.add_parser("place", help="place one order and wait for its outcome")
+    place.add_argument("items", nargs="+", metavar="SKU[:QTY]", help="e.g. MUG-01:2 TEE-01")
+    place.add_argument("--customer", default="cli-customer")
+    place.add_argument("--token", default="tok_ok", help="tok_ok, tok_declined, tok_flaky or tok_down")
+    place.add_argument("--country", help="ISO 3166 alpha-2 shipping country (AQ is not served)")
+    place.add_argument("--no-wait", action="store_true", help="print the order id and return at once")
+    place.add_argument("--timeout", type=float, default=30.0)
+    place.set_defaults(func=cmd_place)
+
+    orders = sub.add_parser("orders", help="look at orders")
+    orders_sub = orders.add_subparsers(dest="orders_command", required=True, metavar="ACTION")
+    show = orders_sub.add_parser("show", help="one order's status and events")
+    show.add_argument("order_id")
+    show.set_defaults(func=cmd_order_show)
+
+    db = sub.add_parser("db", help="database chores")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    init = db_sub.add_parser("init", help="create missing tables and seed the catalog and stock")
+    init.set_defaults(func=cmd_db_init)
+
+    settings = sub.add_parser("settings", help="every CHECKOUT_* variable, its value here and its meaning")
+    settings.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.monotonic() - started:.1f}s", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""One Celery entry point per service: ``celery -A workers.<service> worker -Q <service>``."""
