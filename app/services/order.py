@@ -293,30 +293,13 @@ class OrderService:
             row = _order_row(uow, order_id)
             if row.status in TERMINAL or row.saga_dispatched_at is not None:
                 return None
-            lines = tuple(
-                Line(sku=r.sku, qty=r.qty)
-                for r in uow.conn.execute(
-                    select(order_lines.c.sku, order_lines.c.qty)
-                    .where(order_lines.c.order_id == order_id)
-                    .order_by(order_lines.c.line_no)
-                )
-            )
-            ship_to = Address(**row.ship_to)
-            commands = {
-                "reserve_inventory": ReserveInventory(order_id=order_id, lines=lines),
-                "authorize_payment": AuthorizePayment(
-                    order_id=order_id,
-                    amount_cents=row.total_cents,
-                    currency=row.currency,
-                    payment_token=row.payment_token,
-                ),
-                "schedule_shipping": ScheduleShipment(order_id=order_id, ship_to=ship_to, lines=lines),
-                "capture_payment": CapturePayment(order_id=order_id),
-                "complete_order": CompleteOrder(order_id=order_id),
-            }
-            return SagaPlan(order_id, {name: cmd.model_dump(mode="json") for name, cmd in commands.items()})
+            return SagaPlan(order_id, _step_commands(uow, row))
 
         return self.db.run(work)
+
+    def step_commands(self, order_id: str) -> dict[str, dict[str, Any]]:
+        """The command each saga step gets for this order, rebuilt from the order's tables."""
+        return self.db.run(lambda uow: _step_commands(uow, _order_row(uow, order_id)))
 
     def saga_dispatched(self, order_id: str) -> None:
         self._set(order_id, saga_dispatched_at=utcnow())
@@ -503,6 +486,28 @@ def _order_row(uow: UnitOfWork, order_id: str) -> Any:
     if row is None:
         raise OrderNotFound(f"no order with id {order_id!r}")
     return row
+
+
+def _step_commands(uow: UnitOfWork, row: Any) -> dict[str, dict[str, Any]]:
+    order_id = row.order_id
+    lines = tuple(
+        Line(sku=r.sku, qty=r.qty)
+        for r in uow.conn.execute(
+            select(order_lines.c.sku, order_lines.c.qty)
+            .where(order_lines.c.order_id == order_id)
+            .order_by(order_lines.c.line_no)
+        )
+    )
+    commands = {
+        "reserve_inventory": ReserveInventory(order_id=order_id, lines=lines),
+        "authorize_payment": AuthorizePayment(
+            order_id=order_id, amount_cents=row.total_cents, currency=row.currency, payment_token=row.payment_token
+        ),
+        "schedule_shipping": ScheduleShipment(order_id=order_id, ship_to=Address(**row.ship_to), lines=lines),
+        "capture_payment": CapturePayment(order_id=order_id),
+        "complete_order": CompleteOrder(order_id=order_id),
+    }
+    return {name: cmd.model_dump(mode="json") for name, cmd in commands.items()}
 
 
 def _add_to_timeline(uow: UnitOfWork, env: Envelope) -> None:

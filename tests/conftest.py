@@ -1,0 +1,106 @@
+"""Fixtures shared by the whole suite.
+
+* ``settings``: embedded settings over a fresh SQLite file, with short retry delays.
+* ``dbs`` / ``services``: the services over their databases, with no broker at all.
+* ``system``: the real embedded system (in-process Celery workers on ``memory://``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu.transport import memory
+
+from app.adapters.fake_carrier import FakeCarrier
+from app.adapters.fake_gateway import FakePaymentGateway
+from app.api import System
+from app.catalog import CATALOG
+from app.db import Database, make_engine
+from app.runtime import SERVICE_MODULES
+from app.services.inventory import InventoryService
+from app.services.order import OrderService
+from app.services.payment import PaymentService
+from app.services.shipping import ShippingService
+from config.settings import SERVICES, Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        retry_base_seconds=0.05,
+        retry_cap_seconds=0.4,
+        outbox_sweep_seconds=0.5,
+        outbox_grace_seconds=0.5,
+    )
+
+
+@dataclass
+class Services:
+    dbs: dict[str, Database]
+    gateway: FakePaymentGateway
+    order: OrderService
+    inventory: InventoryService
+    payment: PaymentService
+    shipping: ShippingService
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    """The four services over one SQLite file, wired with no Celery and no relay."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
+    dbs = {s: Database(s, engine, SERVICE_MODULES[s].metadata, SERVICE_MODULES[s].tables) for s in SERVICES}
+    for db in dbs.values():
+        db.create_schema()
+    gateway = FakePaymentGateway(engine)
+    gateway.create_schema()
+    svc = Services(
+        dbs=dbs,
+        gateway=gateway,
+        order=OrderService(dbs["order"]),
+        inventory=InventoryService(dbs["inventory"]),
+        payment=PaymentService(dbs["payment"], gateway),
+        shipping=ShippingService(dbs["shipping"], FakeCarrier()),
+    )
+    svc.order.seed()
+    svc.inventory.seed({p.sku: p.initial_stock for p in CATALOG})
+    yield svc
+    engine.dispose()
+
+
+def purge_memory_broker() -> None:
+    """kombu's memory transport is process-wide: drop what an earlier system left in it."""
+    for queue in list(memory.Channel.queues.values()):
+        with queue.mutex:
+            queue.queue.clear()
+
+
+def memory_queue_depth(name: str) -> int:
+    queue = memory.Channel.queues.get(name)
+    return 0 if queue is None else queue.qsize()
+
+
+@pytest.fixture
+def system(settings: Settings) -> Iterator[System]:
+    purge_memory_broker()
+    running = System(settings).start()
+    yield running
+    running.stop()
+    purge_memory_broker()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import app.api
+from app.api import System
+
+
+@pytest.fixture
+def api(system: System, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
+    """The public API (``app.place_order`` ...) bound to this test's embedded system."""
+    monkeypatch.setattr(app.api, "_system", system)
+    yield system

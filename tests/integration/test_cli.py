@@ -1,0 +1,58 @@
+"""``python -m app``: the demo, the auditor and help, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    env["CHECKOUT_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_demo_then_audit_then_a_violation(tmp_path: Path) -> None:
+    demo = run("demo", "--repeat", "1", data_dir=tmp_path)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    for label, outcome in [
+        ("tok_ok", "COMPLETED"),
+        ("tok_declined", "card_declined"),
+        ("tok_flaky", "COMPLETED"),
+        ("tok_down", "payment_unavailable"),
+        ("qty > stock", "out_of_stock"),
+        ("ship to AQ", "shipping_unavailable"),
+    ]:
+        assert any(label in line and outcome in line for line in out.splitlines()), (label, out)
+    assert "auditor: clean" in out
+    assert out.count("InvalidOrder:") == 6
+
+    clean = run("audit", data_dir=tmp_path)
+    assert clean.returncode == 0 and clean.stdout.startswith("clean: 6 orders")
+
+    with sqlite3.connect(tmp_path / "checkout.db") as db:
+        db.execute("UPDATE inventory_stock SET available = available - 1 WHERE sku = 'MUG-01'")
+    broken = run("audit", data_dir=tmp_path)
+    assert broken.returncode == 1
+    assert "stock MUG-01: initial" in broken.stdout
+
+
+def test_help_names_the_commands(tmp_path: Path) -> None:
+    done = run("--help", data_dir=tmp_path)
+    assert done.returncode == 0
+    for command in ("demo", "audit", "catalog", "place", "orders", "db", "settings"):
+        assert command in done.stdout
+
+
+def test_place_reports_invalid_input(tmp_path: Path) -> None:
+    done = run("place", "NOPE-1:1", data_dir=tmp_path)
+    assert done.returncode == 2
+    assert "items[0].sku" in done.stderr

@@ -1,0 +1,46 @@
+"""A failure in either parallel branch compensates the other — even when it ends later."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+import app
+from app.adapters.fake_gateway import ledger
+from app.api import System
+from app.audit import audit
+
+
+def gateway_ops(system: System, order_id: str) -> dict[str, str]:
+    rows = system.runtime.databases["payment"].query(
+        lambda c: c.execute(select(ledger.c.operation, ledger.c.outcome).where(ledger.c.reference == order_id)).all()
+    )
+    return {r.operation: r.outcome for r in rows}
+
+
+def test_failed_reservation_voids_an_authorization_that_succeeds_after_it(api: System) -> None:
+    # tok_flaky makes the payment branch finish last, after two retries
+    order_id = app.place_order("c", [{"sku": "POSTER-01", "qty": 30}], payment_token="tok_flaky")
+    view = app.wait_for_order(order_id, timeout=60)
+    assert (view.status, view.reason) == ("CANCELLED", "out_of_stock")
+    assert view.steps["authorize_payment"] == "done" and view.steps["void_payment"] == "done"
+    assert gateway_ops(api, order_id) == {"authorize": "ok", "void": "ok"}
+    assert audit(api.runtime, settle=10).clean
+
+
+def test_declined_payment_releases_the_reservation(api: System) -> None:
+    before = {i.sku: i.available for i in app.list_catalog()}
+    order_id = app.place_order("c", [{"sku": "LAMP-01", "qty": 7}], payment_token="tok_declined")
+    view = app.wait_for_order(order_id, timeout=60)
+    assert (view.status, view.reason) == ("CANCELLED", "card_declined")
+    assert view.steps["reserve_inventory"] == "done" and view.steps["release_inventory"] == "done"
+    assert {i.sku: i.available for i in app.list_catalog()} == before
+    assert audit(api.runtime, settle=10).clean
+
+
+def test_both_branches_failing_cancels_once(api: System) -> None:
+    order_id = app.place_order("c", [{"sku": "POSTER-01", "qty": 30}], payment_token="tok_declined")
+    view = app.wait_for_order(order_id, timeout=60)
+    assert view.status == "CANCELLED" and view.reason in {"out_of_stock", "card_declined"}
+    assert [e.type for e in view.events].count("OrderCancelled") == 1
+    assert gateway_ops(api, order_id) == {"authorize": "declined"}
+    assert audit(api.runtime, settle=10).clean

@@ -1,0 +1,84 @@
+"""The task adapters, run eagerly with ``Task.apply`` (no broker, no worker).
+
+Eager mode's limits, and why these tests stay small: it does not serialize or route
+messages, runs retries inline at once (countdowns ignored), and does not run chord error
+callbacks — so the canvas's behaviour is tested with real workers in tests/integration.
+What eager mode does show faithfully is how a task maps service outcomes to Celery:
+success, business failure (StepFailed, never retried), transient failure (retried, then
+recorded as failed) and a bug (not retried).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.errors import StepFailed
+from app.runtime import Runtime
+from config.settings import Settings
+from tests.conftest import purge_memory_broker
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    purge_memory_broker()
+    runtime = Runtime(settings)
+    runtime.prepare()
+    yield runtime
+    runtime.close()
+    purge_memory_broker()
+
+
+def authorize_body(token: str) -> dict[str, object]:
+    return {"order_id": "o-1", "amount_cents": 1000, "currency": "EUR", "payment_token": token}
+
+
+def test_success_returns_the_outcome(rt: Runtime) -> None:
+    result = rt.celery.tasks["payment.authorize"].apply(args=(authorize_body("tok_ok"),))
+    assert result.successful()
+    assert result.result == {"order_id": "o-1", "step": "authorize_payment", "outcome": "done"}
+
+
+def test_business_failure_stops_without_retry(rt: Runtime) -> None:
+    result = rt.celery.tasks["payment.authorize"].apply(args=(authorize_body("tok_declined"),))
+    assert result.failed() and isinstance(result.result, StepFailed)
+    assert result.result.reason == "card_declined"
+    assert [e.event_type for e in rt.databases["payment"].log()] == ["PaymentDeclined"]
+
+
+def test_transient_failure_is_retried_until_it_passes(rt: Runtime) -> None:
+    result = rt.celery.tasks["payment.authorize"].apply(args=(authorize_body("tok_flaky"),))
+    assert result.successful()
+    assert [e.event_type for e in rt.databases["payment"].log()] == ["PaymentAuthorized"]
+
+
+def test_exhausted_retries_record_the_failure(rt: Runtime) -> None:
+    result = rt.celery.tasks["payment.authorize"].apply(args=(authorize_body("tok_down"),))
+    assert result.failed() and isinstance(result.result, StepFailed)
+    assert result.result.reason == "payment_unavailable"
+    assert [e.event_type for e in rt.databases["payment"].log()] == ["PaymentFailed"]
+
+
+def test_a_bug_is_not_retried(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def broken(cmd: object, causation_id: object = None) -> None:
+        calls.append(cmd)
+        raise ValueError("bug")
+
+    monkeypatch.setattr(rt.shipping, "schedule", broken)
+    rt_app = rt.make_celery("bug-test")
+    body = {"order_id": "o-1", "ship_to": {"country": "GB"}, "lines": [{"sku": "MUG-01", "qty": 1}]}
+    result = rt_app.tasks["shipping.schedule"].apply(args=(body,))
+    assert result.failed() and isinstance(result.result, ValueError)
+    assert len(calls) == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    from app.tasks import backoff
+
+    delays = [backoff(n, 0.1, 1.0) for n in range(8)]
+    for n, delay in enumerate(delays):
+        ceiling = min(1.0, 0.1 * 2**n)
+        assert ceiling / 2 <= delay <= ceiling
