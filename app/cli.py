@@ -19,7 +19,7 @@ broker, one worker thread pool per service, and a SQLite file under ./var.
 """
 
 
-def _table(rows: list[Sequence[Any]], headers: Sequence[str]) -> str:
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]

@@ -285,9 +285,7 @@ class Database:
         events = self.tables.events
 
         def mark(uow: UnitOfWork) -> None:
-            uow.conn.execute(
-                update(events).where(events.c.event_id.in_(event_ids)).values(published_at=utcnow())
-            )
+            uow.conn.execute(update(events).where(events.c.event_id.in_(event_ids)).values(published_at=utcnow()))
 
         self.run(mark)
 

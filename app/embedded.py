@@ -42,7 +42,9 @@ class EmbeddedWorkers:
             raise RuntimeError("embedded workers need CHECKOUT_BROKER_URL=memory://")
         self.rt = rt
         self.workers: list[tuple[_Worker, threading.Thread]] = []
-        self.sweeper = OutboxSweeper(rt.relay, SERVICES, rt.settings.outbox_sweep_seconds, rt.settings.outbox_grace_seconds)
+        self.sweeper = OutboxSweeper(
+            rt.relay, SERVICES, rt.settings.outbox_sweep_seconds, rt.settings.outbox_grace_seconds
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         self.rt.prepare()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery, Task
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -25,6 +25,7 @@ from app.commands import (
     AuthorizePayment,
     CancelOrder,
     CancelShipment,
+    Command,
     CapturePayment,
     CompensateOrder,
     CompleteOrder,
@@ -63,7 +64,7 @@ class CeleryPublisher:
 def backoff(retries: int, base: float, cap: float) -> float:
     """Exponential backoff with equal jitter: half the delay fixed, half random."""
     delay = min(cap, base * (2**retries))
-    return delay / 2 + random.uniform(0, delay / 2)
+    return float(delay / 2 + random.uniform(0, delay / 2))
 
 
 def _reason_of(exc: BaseException, service: str) -> str:
@@ -78,43 +79,46 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     """Define every task of the system on ``app``, bound to the runtime's services."""
     settings = rt.settings
 
-    def retry_or(task: Task, exc: BaseException, *, compensation: bool, give_up: Callable[[], None]) -> Any:
+    def retry_or(task: Task, exc: BaseException, *, compensation: bool, give_up: Callable[[], None]) -> NoReturn:
         limit = settings.retry_max * (COMPENSATION_RETRY_FACTOR if compensation else 1)
         if task.request.retries < limit:
             countdown = backoff(task.request.retries, settings.retry_base_seconds, settings.retry_cap_seconds)
-            log.info("%s: transient failure (%s); retry %d in %.2fs", task.name, exc, task.request.retries + 1, countdown)
+            log.info(
+                "%s: transient failure (%s); retry %d in %.2fs", task.name, exc, task.request.retries + 1, countdown
+            )
             raise task.retry(exc=exc, countdown=countdown, max_retries=limit)
         give_up()
         raise exc
 
-    def forward(name: str, command: type, handle: Callable[[Any, str], StepRecord], give_up: Callable[..., Any]) -> None:
-        step = name
-
+    def forward(
+        step: str, command: type[Command], handle: Callable[[Any, str], StepRecord], give_up: Callable[..., Any]
+    ) -> Callable[..., Any]:
         def run(self: Task, body: dict[str, Any]) -> dict[str, Any]:
             cmd = command.model_validate(body)
             try:
                 record = handle(cmd, self.request.id)
             except TRANSIENT as exc:
-                reason = _reason_of(exc, self.name.split(".", 1)[0])
+                fault = exc
+                reason = _reason_of(fault, self.name.split(".", 1)[0])
 
                 def record_failure() -> None:
                     give_up(cmd.order_id, step, reason, self.request.id)
-                    raise StepFailed(step, reason) from exc
+                    raise StepFailed(step, reason) from fault
 
-                return retry_or(self, exc, compensation=False, give_up=record_failure)
+                retry_or(self, fault, compensation=False, give_up=record_failure)
             if record.outcome in {"failed", "prevented"}:
                 raise StepFailed(step, record.reason or record.outcome)
             return {"order_id": cmd.order_id, "step": step, "outcome": record.outcome}
 
         return run
 
-    def compensate(command: type, handle: Callable[[Any, str], StepRecord]) -> Callable[..., Any]:
+    def compensate(command: type[Command], handle: Callable[[Any, str], StepRecord]) -> Callable[..., Any]:
         def run(self: Task, body: dict[str, Any]) -> dict[str, Any]:
             cmd = command.model_validate(body)
             try:
                 record = handle(cmd, self.request.id)
             except TRANSIENT as exc:
-                return retry_or(self, exc, compensation=True, give_up=lambda: None)
+                retry_or(self, exc, compensation=True, give_up=lambda: None)
             return {"order_id": cmd.order_id, "outcome": record.outcome}
 
         return run

@@ -70,9 +70,7 @@ class Settings(BaseSettings):
     def _check_urls(self) -> Settings:
         scheme = self.broker_url.split("://", 1)[0]
         if scheme not in {"memory", "redis", "rediss", "amqp", "amqps", "pyamqp"}:
-            raise ValueError(
-                f"CHECKOUT_BROKER_URL: unsupported scheme {scheme!r}; use memory://, redis:// or amqp://"
-            )
+            raise ValueError(f"CHECKOUT_BROKER_URL: unsupported scheme {scheme!r}; use memory://, redis:// or amqp://")
         return self
 
     @property

@@ -68,9 +68,7 @@ class InventoryService:
             have = set(uow.conn.execute(select(stock.c.sku)).scalars())
             for sku, qty in levels.items():
                 if sku not in have:
-                    uow.conn.execute(
-                        insert(stock).values(sku=sku, initial=qty, available=qty, reserved=0, committed=0)
-                    )
+                    uow.conn.execute(insert(stock).values(sku=sku, initial=qty, available=qty, reserved=0, committed=0))
 
         self.db.run(work)
 
@@ -110,14 +108,15 @@ class InventoryService:
 
         try:
             return self.db.run(work, causation_id=causation_id)
-        except OutOfStock as short:  # the partial moves were rolled back with the transaction
+        except OutOfStock as exc:  # the partial moves were rolled back with the transaction
+            short = exc.sku
 
             def record_failure(uow: UnitOfWork) -> StepRecord:
                 recorded = uow.step(cmd.order_id, step)
                 if recorded is not None:
                     return recorded
-                uow.emit(InventoryReservationFailed(order_id=cmd.order_id, reason="out_of_stock", sku=short.sku))
-                return uow.record_step(cmd.order_id, step, StepRecord("failed", "out_of_stock", {"sku": short.sku}))
+                uow.emit(InventoryReservationFailed(order_id=cmd.order_id, reason="out_of_stock", sku=short))
+                return uow.record_step(cmd.order_id, step, StepRecord("failed", "out_of_stock", {"sku": short}))
 
             return self.db.run(record_failure, causation_id=causation_id)
 

@@ -191,7 +191,10 @@ class OrderService:
                 if product.sku not in have:
                     uow.conn.execute(
                         insert(catalog).values(
-                            sku=product.sku, name=product.name, price_cents=product.price_cents, currency=product.currency
+                            sku=product.sku,
+                            name=product.name,
+                            price_cents=product.price_cents,
+                            currency=product.currency,
                         )
                     )
 

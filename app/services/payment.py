@@ -15,7 +15,14 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, inser
 from app.commands import AuthorizePayment, CapturePayment, RefundPayment, VoidPayment
 from app.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
 from app.errors import BusinessFailure
-from app.events import PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentFailed, PaymentRefunded, PaymentVoided
+from app.events import (
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentVoided,
+)
 from app.ports import PaymentGateway
 from app.services.steps import compensation, forward_step_with_call, give_up
 
@@ -107,7 +114,9 @@ class PaymentService:
             uow.conn.execute(
                 update(payments)
                 .where(payments.c.order_id == oid)
-                .values(status="CAPTURED", capture_ref=capture_ref, captured_cents=held.amount_cents, updated_at=utcnow())
+                .values(
+                    status="CAPTURED", capture_ref=capture_ref, captured_cents=held.amount_cents, updated_at=utcnow()
+                )
             )
             currency = uow.conn.execute(select(payments.c.currency).where(payments.c.order_id == oid)).scalar_one()
             uow.emit(PaymentCaptured(order_id=oid, amount_cents=held.amount_cents, currency=currency))

@@ -44,7 +44,8 @@ def forward_step_with_call(
         return existing
     try:
         result = call()
-    except BusinessFailure as failure:
+    except BusinessFailure as exc:
+        failure = exc
 
         def record_failure(uow: UnitOfWork) -> StepRecord:
             recorded = uow.step(order_id, step)

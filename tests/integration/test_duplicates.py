@@ -40,7 +40,9 @@ def effects(system: System) -> dict[str, Any]:
             )
         ),
         "events": {s: len(db.log()) for s, db in rt.databases.items()},
-        "timeline": rt.databases["order"].query(lambda c: c.execute(select(func.count()).select_from(timeline)).scalar()),
+        "timeline": rt.databases["order"].query(
+            lambda c: c.execute(select(func.count()).select_from(timeline)).scalar()
+        ),
     }
 
 
@@ -49,7 +51,9 @@ def test_every_event_delivered_twice(api: System) -> None:
     api.runtime.relay.publisher = twice
     cases = [("tok_ok", None, "COMPLETED"), ("tok_declined", None, "CANCELLED"), ("tok_ok", "AQ", "CANCELLED")]
     ids = [
-        app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token=token, ship_to={"country": country} if country else None)
+        app.place_order(
+            "c", [{"sku": "MUG-01", "qty": 1}], payment_token=token, ship_to={"country": country} if country else None
+        )
         for token, country, _ in cases
     ]
     for order_id, (_, _, status) in zip(ids, cases):

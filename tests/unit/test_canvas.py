@@ -53,7 +53,11 @@ def test_error_callbacks_name_the_failed_step_and_take_one_argument(celery_app: 
     # chord header tasks carry none: the body's callback fires once, after both finished
     for header in chord_part.tasks:
         assert not header.options.get("link_error")
-    for sig, step in [(chord_part.body, "schedule_shipping"), (capture, "capture_payment"), (complete, "complete_order")]:
+    for sig, step in [
+        (chord_part.body, "schedule_shipping"),
+        (capture, "capture_payment"),
+        (complete, "complete_order"),
+    ]:
         (errback,) = sig.options["link_error"]
         assert errback["task"] == "order.compensate"
         assert errback["immutable"]
