@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.errors import InvalidOrder, OrderNotFound
 
 DESCRIPTION = """\
@@ -181,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         return int(args.func(args))
+    except ValidationError as exc:  # the settings: name the variable, say what is wrong
+        print("configuration error (see `python -m app settings --help`):", file=sys.stderr)
+        for error in exc.errors(include_url=False):
+            name = "CHECKOUT_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
+            print(f"  {name}: {error['msg']}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted after {time.monotonic() - started:.1f}s", file=sys.stderr)
         return 130

@@ -56,3 +56,13 @@ def test_place_reports_invalid_input(tmp_path: Path) -> None:
     done = run("place", "NOPE-1:1", data_dir=tmp_path)
     assert done.returncode == 2
     assert "items[0].sku" in done.stderr
+
+
+def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    env.update(CHECKOUT_DATA_DIR=str(tmp_path), CHECKOUT_RETRY_MAX="lots")
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "audit"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "CHECKOUT_RETRY_MAX" in done.stderr and "Traceback" not in done.stderr
