@@ -30,9 +30,13 @@ class BusinessFailure(CheckoutError):
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        # args are the constructor's, so Celery can rebuild the exception from JSON
+        super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 class TransientFailure(CheckoutError):
@@ -42,9 +46,13 @@ class TransientFailure(CheckoutError):
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        # args are the constructor's, so Celery can rebuild the exception from JSON
+        super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 class StepFailed(CheckoutError):
@@ -54,9 +62,9 @@ class StepFailed(CheckoutError):
     """
 
     def __init__(self, step: str, reason: str) -> None:
+        super().__init__(step, reason)
         self.step = step
         self.reason = reason
-        super().__init__(f"{step} failed: {reason}")
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return (StepFailed, (self.step, self.reason))
+    def __str__(self) -> str:
+        return f"{self.step} failed: {self.reason}"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
 from kombu.transport import memory
@@ -27,6 +27,8 @@ from app.services.order import OrderService
 from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
 from config.settings import SERVICES, Settings
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -94,13 +96,23 @@ def system(settings: Settings) -> Iterator[System]:
     purge_memory_broker()
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.02,
+    what: str = "condition",
+    diagnostics: Callable[[], str] | None = None,
+) -> T:
+    """Call ``condition`` until it returns something truthy, and return that.
+
+    The loop's condition is the thing awaited; the short pause only spaces the polls.
+    Fails the test (with ``diagnostics()`` appended) once ``timeout`` seconds have passed.
+    """
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
+    while not (result := condition()):
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+            extra = f"\n{diagnostics()}" if diagnostics is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{extra}", pytrace=False)
         time.sleep(interval)
+    return result

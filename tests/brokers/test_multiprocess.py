@@ -1,0 +1,228 @@
+"""The checkout across real processes: each service a separate ``celery worker`` on Redis
+or RabbitMQ, every service's tables in PostgreSQL, orders placed from this process.
+
+One test per broker places 200 orders mixing every row of the test vocabulary
+(``app/demo.py``), waits until every order is terminal, checks that each one ended as its
+input predicts, runs the auditor, and reports the throughput in sagas per second.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.adapters.fake_gateway import FLAKY_FAILURES, ledger
+from app.api import System, validate_order
+from app.audit import audit
+from app.catalog import CATALOG
+from app.demo import CASES
+from config.celery import EXCHANGE
+from config.settings import SERVICES
+
+from .conftest import (
+    WORKER_CONCURRENCY,
+    BrokerNamespace,
+    Workers,
+    rabbitmq_queues,
+    redis_keys,
+    redis_members,
+    wait_until,
+)
+
+PRICES = {p.sku: p.price_cents for p in CATALOG}
+
+#: Baskets for the orders that should go through (never POSTER-01: its 25 units of stock
+#: must stay out of play so that "qty > stock" is the only stock failure).
+OK_BASKETS: list[list[dict[str, Any]]] = [
+    [{"sku": "MUG-01", "qty": 2}, {"sku": "TEE-01", "qty": 1}],
+    [{"sku": "BOOK-01", "qty": 1}],
+    [{"sku": "LAMP-01", "qty": 1}, {"sku": "MUG-01", "qty": 1}],
+    [{"sku": "TEE-01", "qty": 3}],
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the test vocabulary: what to send and what must come of it."""
+
+    label: str  # as in app.demo.CASES
+    status: str
+    reason: str | None
+    count: int  # how many of the 200 orders
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+VOCABULARY: tuple[Row, ...] = (
+    Row("tok_ok", "COMPLETED", None, 150),
+    Row("tok_declined", "CANCELLED", "card_declined", 14, {"payment_token": "tok_declined"}),
+    Row("tok_flaky", "COMPLETED", None, 14, {"payment_token": "tok_flaky"}),
+    # ~5 s of retries each before the step gives up; a few are enough.
+    Row("tok_down", "CANCELLED", "payment_unavailable", 3, {"payment_token": "tok_down"}),
+    Row("qty > stock", "CANCELLED", "out_of_stock", 10, {"items": [{"sku": "POSTER-01", "qty": 999}]}),
+    Row("ship to AQ", "CANCELLED", "shipping_unavailable", 9, {"ship_to": {"country": "AQ"}}),
+)
+TOTAL_ORDERS = 200
+TERMINAL_TIMEOUT = 240.0
+AUDIT_SETTLE = 30.0
+
+
+@dataclass(frozen=True)
+class Placed:
+    order_id: str
+    row: Row
+    items: list[dict[str, Any]]
+
+    @property
+    def total_cents(self) -> int:
+        return sum(PRICES[line["sku"]] * line["qty"] for line in self.items)
+
+
+def order_plan(seed: int = 20240601) -> list[tuple[Row, dict[str, Any]]]:
+    """The 200 orders' inputs, rows interleaved in a fixed pseudo-random order."""
+    plan: list[tuple[Row, dict[str, Any]]] = []
+    for row in VOCABULARY:
+        for n in range(row.count):
+            args = {"items": OK_BASKETS[n % len(OK_BASKETS)], **row.kwargs}
+            plan.append((row, args))
+    random.Random(seed).shuffle(plan)
+    return plan
+
+
+def place_all(system: System, plan: list[tuple[Row, dict[str, Any]]], customer: str) -> list[Placed]:
+    placed = []
+    for n, (row, args) in enumerate(plan):
+        order_id, created = system.runtime.order.place(validate_order(f"{customer}-{n}", **args))
+        assert created, f"order {n} ({row.label}) was not created"
+        placed.append(Placed(order_id, row, args["items"]))
+    return placed
+
+
+def wait_all_terminal(system: System, order_ids: list[str], workers: Workers, timeout: float) -> None:
+    """Until no order is PENDING (each poll re-reads only those still pending)."""
+    pending = set(order_ids)
+
+    def none_pending() -> bool:
+        for order_id in list(pending):
+            if system.runtime.order.status(order_id) != "PENDING":
+                pending.discard(order_id)
+        return not pending
+
+    def diagnostics() -> str:
+        return f"{len(pending)} order(s) still PENDING, e.g. {sorted(pending)[:5]}\n{workers.tails()}"
+
+    wait_until(
+        none_pending,
+        timeout=timeout,
+        interval=0.1,
+        what=f"{len(order_ids)} orders to reach COMPLETED or CANCELLED",
+        diagnostics=diagnostics,
+    )
+
+
+def authorize_attempts(system: System) -> dict[str, int]:
+    """The fake gateway's own count of authorization attempts, per order."""
+    rows = system.runtime.databases["payment"].query(
+        lambda c: c.execute(
+            select(ledger.c.reference, ledger.c.attempts).where(ledger.c.operation == "authorize")
+        ).all()
+    )
+    return {r.reference: r.attempts for r in rows}
+
+
+def assert_namespaced(broker: BrokerNamespace, placed: list[Placed]) -> None:
+    """The run's messages and results live in its own namespace, nowhere else."""
+    if broker.kind == "redis":
+        # kombu keeps an exchange's bindings in a set "_kombu.binding.<exchange>" whose
+        # members end with the queue name: every service queue is bound under the prefix.
+        key = f"{broker.namespace}:_kombu.binding.{EXCHANGE.name}"
+        bound = {member.rsplit("\x06\x16", 1)[-1] for member in redis_members(key)}
+        assert set(SERVICES) <= bound, f"{key} binds {sorted(bound)}, not every service queue"
+        # The forward steps store their results (the chord needs them): under the prefix only.
+        sample = placed[0].order_id
+        results = redis_keys(f"*celery-task-meta-{sample}*")
+        assert results, f"no result keys at all for order {sample}"
+        outside = [k for k in results if not k.startswith(f"{broker.namespace}:")]
+        assert not outside, f"result keys written outside the namespace {broker.namespace}: {outside}"
+    else:
+        assert broker.vhost is not None
+        queues = rabbitmq_queues(broker.vhost)
+        missing = set(SERVICES) - set(queues)
+        assert not missing, f"service queues {sorted(missing)} not in vhost {broker.vhost}: {queues}"
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_200_mixed_orders_across_worker_processes(
+    broker: BrokerNamespace,
+    system: System,
+    workers: Workers,
+    record_property: Any,
+) -> None:
+    labels = {row.label for row in VOCABULARY}
+    assert labels >= {label for label, _, _ in CASES}, "a row of the test vocabulary (app.demo.CASES) is not covered"
+    plan = order_plan()
+    assert len(plan) == TOTAL_ORDERS
+
+    started = time.monotonic()
+    placed = place_all(system, plan, customer=f"bench-{broker.kind}")
+    placing = time.monotonic() - started
+    wait_all_terminal(system, [p.order_id for p in placed], workers, TERMINAL_TIMEOUT)
+    wall = time.monotonic() - started
+    rate = TOTAL_ORDERS / wall
+    print(
+        f"\n[{broker.kind}+postgresql, 4 worker processes x {WORKER_CONCURRENCY} pool processes] "
+        f"{TOTAL_ORDERS} sagas in {wall:.2f}s (placing took {placing:.2f}s): {rate:.1f} sagas/s"
+    )
+    record_property("broker", broker.kind)
+    record_property("sagas", TOTAL_ORDERS)
+    record_property("saga_wall_seconds", round(wall, 3))
+    record_property("sagas_per_second", round(rate, 2))
+
+    # Every order ended as its input predicts.
+    wrong = []
+    for p in placed:
+        view = system.runtime.order.view(p.order_id)
+        if (view.status, view.reason) != (p.row.status, p.row.reason):
+            wrong.append(
+                f"{p.order_id} ({p.row.label}): {view.status} {view.reason}, "
+                f"expected {p.row.status} {p.row.reason}; steps {view.steps}"
+            )
+        elif view.total_cents != p.total_cents:
+            wrong.append(f"{p.order_id} ({p.row.label}): total {view.total_cents}, expected {p.total_cents}")
+        elif view.finished_at is None:
+            wrong.append(f"{p.order_id} ({p.row.label}): {view.status} but no finished_at")
+    assert not wrong, f"{len(wrong)} order(s) ended wrongly:\n" + "\n".join(wrong[:20]) + f"\n{workers.tails()}"
+
+    # The transient rows really went through retries (the gateway's own books).
+    attempts = authorize_attempts(system)
+    retry_max = system.runtime.settings.retry_max
+    for p in placed:
+        if p.row.label == "tok_flaky":
+            assert attempts.get(p.order_id) == FLAKY_FAILURES + 1, (
+                f"tok_flaky order {p.order_id}: {attempts.get(p.order_id)} authorize attempts, "
+                f"expected {FLAKY_FAILURES + 1}"
+            )
+        elif p.row.label == "tok_down":
+            assert attempts.get(p.order_id) == retry_max + 1, (
+                f"tok_down order {p.order_id}: {attempts.get(p.order_id)} authorize attempts, "
+                f"expected {retry_max + 1} (first try + {retry_max} retries)"
+            )
+
+    # The invariants hold over every service's tables, and they hold only this test's orders.
+    report = audit(system.runtime, settle=AUDIT_SETTLE)
+    assert report.clean, f"auditor: {report.summary()}\n" + "\n".join(report.violations[:50]) + f"\n{workers.tails()}"
+    expected_statuses = Counter()
+    for p in placed:
+        expected_statuses[p.row.status] += 1
+    assert report.orders == TOTAL_ORDERS, f"the database holds {report.orders} orders, not this run's {TOTAL_ORDERS}"
+    assert report.statuses == expected_statuses, f"statuses {dict(report.statuses)} != {dict(expected_statuses)}"
+
+    assert_namespaced(broker, placed)
+    assert not workers.exited(), f"worker(s) died during the run: {workers.exited()}\n{workers.tails()}"
