@@ -16,6 +16,7 @@ from celery.worker import WorkController
 from celery.worker import state as worker_state
 
 from app.bus import OutboxSweeper
+from app.logs import quiet_expected_failures
 from app.runtime import Runtime
 from config.settings import SERVICES
 
@@ -47,6 +48,7 @@ class EmbeddedWorkers:
         )
 
     def start(self, timeout: float = 30.0) -> None:
+        quiet_expected_failures()
         self.rt.prepare()
         app = self.rt.celery
         # Celery runs tasks of in-process workers through the process's current app, so the

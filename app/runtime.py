@@ -18,6 +18,7 @@ from app.adapters.fake_gateway import FakePaymentGateway
 from app.bus import OutboxSweeper, Relay
 from app.catalog import CATALOG
 from app.db import Database, make_engine
+from app.logs import quiet_expected_failures
 from app.saga import CHECKOUT
 from app.services import inventory, order, payment, shipping
 from app.services.inventory import InventoryService
@@ -108,6 +109,7 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     rt = Runtime(settings)
     app = rt.celery
     app.amqp.queues.select([service])
+    quiet_expected_failures()
     sweeper: dict[str, Any] = {}
 
     @signals.worker_init.connect(weak=False)
