@@ -17,7 +17,7 @@ from sqlalchemy import select
 from app.adapters.fake_gateway import ledger
 from app.catalog import CATALOG
 from app.services.inventory import reservation_rows
-from app.services.order import TERMINAL, order_rows
+from app.services.order import TERMINAL, order_rows, timeline
 from app.services.payment import payment_rows
 from app.services.shipping import shipment_rows
 
@@ -81,11 +81,18 @@ def _audit_once(rt: Runtime) -> Report:
             bad.append(f"order {oid}: has payment/stock/shipment records but no order")
     _check_gateway(rt, orders, bad)
 
-    # 5. every event id appears once across all logs; every event was published
+    # 5. every event id appears once across all logs; every event was published and
+    #    reached its order's timeline
+    in_timeline = set(rt.databases["order"].query(lambda c: c.execute(select(timeline.c.event_id)).scalars().all()))
     seen: Counter[str] = Counter()
     for service, db in rt.databases.items():
+        missing = 0
         for env in db.log():
             seen[env.event_id] += 1
+            if env.key in orders and env.event_id not in in_timeline:
+                missing += 1
+        if missing:
+            bad.append(f"{service}: {missing} event(s) not (yet) in their order's timeline")
         unpublished = db.unpublished(older_than_seconds=0)
         if unpublished:
             bad.append(f"{service}: {len(unpublished)} event(s) committed but not yet published")
