@@ -111,7 +111,8 @@ def validate_order(
         error = exc.errors(include_url=False)[0]
         got = error.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 40 else ""
-        raise InvalidOrder(_field_name(tuple(error["loc"])), f"{error['msg']}{shown}") from None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidOrder(_field_name(tuple(error["loc"])), f"{message}{shown}") from None
 
 
 def place_order(

@@ -1,17 +1,22 @@
 """The checkout across real processes: each service a separate ``celery worker`` on Redis
-or RabbitMQ, every service's tables in PostgreSQL, orders placed from this process.
+or RabbitMQ, every service's tables in one database, orders placed from this process.
 
 One test per broker places 200 orders mixing every row of the test vocabulary
-(``app/demo.py``), waits until every order is terminal, checks that each one ended as its
-input predicts, runs the auditor, and reports the throughput in sagas per second.
+(``app/demo.py``) with PostgreSQL, waits until every order is terminal, checks that each
+one ended as its input predicts, runs the auditor, and reports the throughput in sagas per
+second. One more test does the same with 60 orders on Redis with SQLite instead: the four
+worker processes and this one share one SQLite file (WAL, ``BEGIN IMMEDIATE``, busy timeout).
 """
 
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,14 +30,14 @@ from app.demo import CASES
 from config.celery import EXCHANGE
 from config.settings import SERVICES
 
-from .conftest import (
+from tests.conftest import wait_until
+from tests.support.cluster import (
     WORKER_CONCURRENCY,
     BrokerNamespace,
     Workers,
     rabbitmq_queues,
     redis_keys,
     redis_members,
-    wait_until,
 )
 
 PRICES = {p.sku: p.price_cents for p in CATALOG}
@@ -68,6 +73,14 @@ VOCABULARY: tuple[Row, ...] = (
     Row("ship to AQ", "CANCELLED", "shipping_unavailable", 9, {"ship_to": {"country": "AQ"}}),
 )
 TOTAL_ORDERS = 200
+
+#: The same rows, 60 orders: the SQLite run (one file, every process writing to it).
+SQLITE_VOCABULARY: tuple[Row, ...] = tuple(
+    Row(row.label, row.status, row.reason, count, row.kwargs)
+    for row, count in zip(VOCABULARY, (36, 6, 6, 3, 5, 4), strict=True)
+)
+SQLITE_TOTAL_ORDERS = 60
+
 TERMINAL_TIMEOUT = 240.0
 AUDIT_SETTLE = 30.0
 
@@ -83,10 +96,10 @@ class Placed:
         return sum(PRICES[line["sku"]] * line["qty"] for line in self.items)
 
 
-def order_plan(seed: int = 20240601) -> list[tuple[Row, dict[str, Any]]]:
-    """The 200 orders' inputs, rows interleaved in a fixed pseudo-random order."""
+def order_plan(vocabulary: tuple[Row, ...] = VOCABULARY, seed: int = 20240601) -> list[tuple[Row, dict[str, Any]]]:
+    """The orders' inputs, rows interleaved in a fixed pseudo-random order."""
     plan: list[tuple[Row, dict[str, Any]]] = []
-    for row in VOCABULARY:
+    for row in vocabulary:
         for n in range(row.count):
             args = {"items": OK_BASKETS[n % len(OK_BASKETS)], **row.kwargs}
             plan.append((row, args))
@@ -156,32 +169,34 @@ def assert_namespaced(broker: BrokerNamespace, placed: list[Placed]) -> None:
         assert not missing, f"service queues {sorted(missing)} not in vhost {broker.vhost}: {queues}"
 
 
-@pytest.mark.brokers
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
-def test_200_mixed_orders_across_worker_processes(
+def run_mixed_orders(
     broker: BrokerNamespace,
     system: System,
     workers: Workers,
+    vocabulary: tuple[Row, ...],
+    total: int,
+    label: str,
     record_property: Any,
-) -> None:
-    labels = {row.label for row in VOCABULARY}
+) -> list[Placed]:
+    """Place ``total`` orders over ``vocabulary``, wait until all are terminal, and check
+    each outcome, the gateway's retry counts, the auditor and the namespace."""
+    labels = {row.label for row in vocabulary}
     assert labels >= {label for label, _, _ in CASES}, "a row of the test vocabulary (app.demo.CASES) is not covered"
-    plan = order_plan()
-    assert len(plan) == TOTAL_ORDERS
+    plan = order_plan(vocabulary)
+    assert len(plan) == total
 
     started = time.monotonic()
     placed = place_all(system, plan, customer=f"bench-{broker.kind}")
     placing = time.monotonic() - started
     wait_all_terminal(system, [p.order_id for p in placed], workers, TERMINAL_TIMEOUT)
     wall = time.monotonic() - started
-    rate = TOTAL_ORDERS / wall
+    rate = total / wall
     print(
-        f"\n[{broker.kind}+postgresql, 4 worker processes x {WORKER_CONCURRENCY} pool processes] "
-        f"{TOTAL_ORDERS} sagas in {wall:.2f}s (placing took {placing:.2f}s): {rate:.1f} sagas/s"
+        f"\n[{label}, 4 worker processes x {WORKER_CONCURRENCY} pool processes] "
+        f"{total} sagas in {wall:.2f}s (placing took {placing:.2f}s): {rate:.1f} sagas/s"
     )
     record_property("broker", broker.kind)
-    record_property("sagas", TOTAL_ORDERS)
+    record_property("sagas", total)
     record_property("saga_wall_seconds", round(wall, 3))
     record_property("sagas_per_second", round(rate, 2))
 
@@ -221,8 +236,55 @@ def test_200_mixed_orders_across_worker_processes(
     expected_statuses = Counter()
     for p in placed:
         expected_statuses[p.row.status] += 1
-    assert report.orders == TOTAL_ORDERS, f"the database holds {report.orders} orders, not this run's {TOTAL_ORDERS}"
+    assert report.orders == total, f"the database holds {report.orders} orders, not this run's {total}"
     assert report.statuses == expected_statuses, f"statuses {dict(report.statuses)} != {dict(expected_statuses)}"
 
     assert_namespaced(broker, placed)
     assert not workers.exited(), f"worker(s) died during the run: {workers.exited()}\n{workers.tails()}"
+    return placed
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_200_mixed_orders_across_worker_processes(
+    broker: BrokerNamespace,
+    system: System,
+    workers: Workers,
+    record_property: Any,
+) -> None:
+    assert system.runtime.settings.database_url_for("order").startswith("postgresql+psycopg://")
+    run_mixed_orders(broker, system, workers, VOCABULARY, TOTAL_ORDERS, f"{broker.kind}+postgresql", record_property)
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_60_mixed_orders_on_one_sqlite_file_across_worker_processes(
+    broker: BrokerNamespace,
+    database: str,
+    system: System,
+    workers: Workers,
+    record_property: Any,
+) -> None:
+    """PostgreSQL and SQLite must both work with one worker process per service: here all
+    five processes write one SQLite file (WAL + BEGIN IMMEDIATE + busy_timeout)."""
+    path = Path(database.removeprefix("sqlite:///"))
+    assert database.startswith("sqlite:///") and path.is_absolute(), database
+    for service in SERVICES:
+        assert system.runtime.settings.database_url_for(service) == database
+    assert workers.exited() == {}
+
+    run_mixed_orders(broker, system, workers, SQLITE_VOCABULARY, SQLITE_TOTAL_ORDERS, "redis+sqlite", record_property)
+
+    # What the auditor read through this process is what the workers wrote to the file.
+    with closing(sqlite3.connect(path, timeout=30)) as conn:
+        journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        orders = conn.execute("SELECT status, count(*) FROM order_orders GROUP BY status").fetchall()
+        committed = conn.execute("SELECT count(*) FROM inventory_events WHERE event_type = 'InventoryCommitted'")
+        inventory_committed = committed.fetchone()[0]
+    assert journal_mode == "wal", f"{path} is in journal mode {journal_mode!r}, not WAL"
+    completed = sum(row.count for row in SQLITE_VOCABULARY if row.status == "COMPLETED")
+    assert dict(orders) == {"COMPLETED": completed, "CANCELLED": SQLITE_TOTAL_ORDERS - completed}, orders
+    assert inventory_committed == completed, f"{inventory_committed} InventoryCommitted events, expected {completed}"
