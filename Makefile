@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint worker-order worker-inventory worker-payment worker-shipping clean
+.PHONY: help install demo test test-fast lint bench worker-order worker-inventory worker-payment worker-shipping clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -28,6 +28,9 @@ test-fast: $(STAMP)  ## unit and in-process integration tests only (no servers n
 
 lint: $(STAMP)  ## architecture contracts (import-linter)
 	$(BIN)/lint-imports
+
+bench: $(STAMP)  ## measure sagas/sec against a raw-Celery baseline (writes bench/REPORT.md)
+	$(BIN)/python -m bench.run
 
 worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
 	$(BIN)/celery -A workers.$* worker -Q $* -n $*@%h --loglevel=INFO

@@ -45,6 +45,9 @@ from app.events import Envelope, Event
 
 T = TypeVar("T")
 
+#: Execution option marking a connection that only reads (SQLite then skips the write lock).
+READ_ONLY = "checkout_read_only"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -63,7 +66,9 @@ def make_engine(url: str) -> Engine:
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # No pre-ping (it costs a round trip per checkout): a dropped connection fails one
+        # transaction, SQLAlchemy invalidates the pool, and the step is retried as transient.
+        return create_engine(url, pool_size=5, max_overflow=10)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -79,7 +84,8 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # readers share the database with writers (WAL); writers lock up front
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -257,7 +263,9 @@ class Database:
         raise AssertionError("unreachable")
 
     def query(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a read-only transaction."""
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
             with conn.begin():
                 return work(conn)
 

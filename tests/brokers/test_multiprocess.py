@@ -59,7 +59,7 @@ class Row:
     label: str  # as in app.demo.CASES
     status: str
     reason: str | None
-    count: int  # how many of the 200 orders
+    count: int  # how many orders of the run
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,7 +233,7 @@ def run_mixed_orders(
     # The invariants hold over every service's tables, and they hold only this test's orders.
     report = audit(system.runtime, settle=AUDIT_SETTLE)
     assert report.clean, f"auditor: {report.summary()}\n" + "\n".join(report.violations[:50]) + f"\n{workers.tails()}"
-    expected_statuses = Counter()
+    expected_statuses: Counter[str] = Counter()
     for p in placed:
         expected_statuses[p.row.status] += 1
     assert report.orders == total, f"the database holds {report.orders} orders, not this run's {total}"
@@ -276,7 +276,9 @@ def test_60_mixed_orders_on_one_sqlite_file_across_worker_processes(
         assert system.runtime.settings.database_url_for(service) == database
     assert workers.exited() == {}
 
-    run_mixed_orders(broker, system, workers, SQLITE_VOCABULARY, SQLITE_TOTAL_ORDERS, "redis+sqlite", record_property)
+    run_mixed_orders(
+        broker, system, workers, SQLITE_VOCABULARY, SQLITE_TOTAL_ORDERS, f"{broker.kind}+sqlite", record_property
+    )
 
     # What the auditor read through this process is what the workers wrote to the file.
     with closing(sqlite3.connect(path, timeout=30)) as conn:

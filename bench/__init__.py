@@ -1,0 +1,1 @@
+"""Benchmarks: the checkout saga against a raw-Celery baseline (``python -m bench.run``)."""

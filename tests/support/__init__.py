@@ -1,0 +1,1 @@
+"""Test and benchmark support that does not depend on pytest (see ``cluster``)."""
