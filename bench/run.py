@@ -295,8 +295,6 @@ def measure_project(kind: str, round_: int, sagas: int, warmup: int, logdir: Pat
             rt.declare_queues()
             order_db = rt.databases["order"]
             # This process's own reads (polls, audit) are not the saga's cost: count them.
-            # Each is a commit, plus one for the pool's pre-ping (an autocommit SELECT 1) at
-            # every checkout.
             own = {"counting": False, "commits": 0}
 
             def count_own(*_: Any) -> None:
@@ -305,7 +303,6 @@ def measure_project(kind: str, round_: int, sagas: int, warmup: int, logdir: Pat
 
             for engine in rt.engines.values():
                 event.listen(engine, "commit", count_own)
-                event.listen(engine, "checkout", count_own)
 
             @contextmanager
             def own_reads() -> Iterator[None]:
@@ -500,9 +497,7 @@ def interpretation(summary: Summary) -> list[str]:
         "its event in one transaction, then the relay stamps the event published in a second one; the steps "
         "that call out (authorize, schedule, capture) first read their step record in a transaction of its "
         "own, and the fake gateway keeps its ledger in another; every consumer adds an inbox + timeline "
-        "transaction, order.start a plan/dispatched pair. The pool's pre-ping (app/db.py "
-        "make_engine, pool_pre_ping=True) doubles all of it: every checkout first runs SELECT 1 in autocommit, "
-        "one more PostgreSQL transaction and round trip.",
+        "transaction, order.start a plan/dispatched pair.",
         f"Relay publishes are synchronous, after each commit, in the committing process: placing N orders "
         f"took {summary.med('project', 'submit'):.2f}s against {summary.med('baseline', 'submit'):.2f}s "
         "for N bare apply_async calls (the place is a transaction, a publish and a mark-published transaction).",
