@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
 from app.catalog import CATALOG
+from app.deadletters import DEAD
 from app.services.inventory import reservation_rows
 from app.services.order import TERMINAL, order_rows, timeline
 from app.services.payment import payment_rows
@@ -32,6 +33,7 @@ class Report:
     orders: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     events: int = 0
+    dead_letters: int = 0
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -41,7 +43,10 @@ class Report:
     def summary(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.statuses.items())) or "no orders"
         if self.clean:
-            return f"clean: {self.orders} orders ({counts}), {self.events} events, 0 violations"
+            return (
+                f"clean: {self.orders} orders ({counts}), {self.events} events, "
+                f"{self.dead_letters} dead letters accounted for, 0 violations"
+            )
         return f"{len(self.violations)} violation(s) over {self.orders} orders ({counts})"
 
 
@@ -97,6 +102,15 @@ def _audit_once(rt: Runtime) -> Report:
         if unpublished:
             bad.append(f"{service}: {len(unpublished)} event(s) committed but not yet published")
     report.events = sum(seen.values())
+
+    # ... and every dead letter is accounted for: its order's saga still finished
+    for letter in rt.dead_letters.find(status=DEAD):
+        if letter.order_id in orders and orders[letter.order_id]["status"] not in TERMINAL:
+            bad.append(
+                f"dead letter {letter.id[:8]} ({letter.task}, {letter.reason}) holds up order {letter.order_id}: "
+                "redrive it, or compensate the order (python -m app dlq redrive --order ID [--compensate])"
+            )
+    report.dead_letters = len(rt.dead_letters.find(status=DEAD))
     for event_id, count in seen.items():
         if count > 1:
             bad.append(f"event {event_id} appears {count} times in the logs")

@@ -42,7 +42,7 @@ def build_saga(app: Celery, saga: Saga, order_id: str, commands: dict[str, dict[
         errback = _sig(
             app,
             saga.compensate_task,
-            CompensateOrder(order_id=order_id, failed_step=step.name).model_dump(mode="json"),
+            CompensateOrder(order_id=order_id, failed_step=step.name).model_dump(mode="json", exclude_none=True),
         )
         return step_sig(step).on_error(errback)
 

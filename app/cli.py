@@ -33,6 +33,15 @@ def _money(cents: int, currency: str) -> str:
     return f"{cents // 100}.{cents % 100:02d} {currency}"
 
 
+def _runtime() -> Any:
+    """A runtime over the configured databases, with every table present (none is changed)."""
+    from app.runtime import Runtime
+
+    rt = Runtime()
+    rt.prepare()
+    return rt
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app import demo
 
@@ -41,9 +50,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from app.audit import audit
-    from app.runtime import Runtime
 
-    rt = Runtime()
+    rt = _runtime()
     try:
         report = audit(rt, settle=args.settle)
     finally:
@@ -68,9 +76,7 @@ def cmd_catalog(_args: argparse.Namespace) -> int:
 
 
 def cmd_order_show(args: argparse.Namespace) -> int:
-    from app.runtime import Runtime
-
-    rt = Runtime()
+    rt = _runtime()
     try:
         view = rt.order.view(args.order_id)
     except OrderNotFound as exc:
@@ -106,6 +112,110 @@ def cmd_place(args: argparse.Namespace) -> int:
         return 0
     view = app.wait_for_order(order_id, timeout=args.timeout)
     print(f"{order_id} {view.status} {view.reason or ''}".rstrip())
+    return 0
+
+
+def _dlq() -> Any:
+    from app.dlq import DeadLetterOps
+
+    return DeadLetterOps(_runtime())
+
+
+def _ago(moment: Any) -> str:
+    from datetime import UTC, datetime
+
+    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    ops = _dlq()
+    letters = ops.letters(include_done=args.all, order_id=args.order)
+    rows = [
+        (
+            d.id[:8],
+            d.queue,
+            d.task or "-",
+            (d.order_id or "-")[:8],
+            d.reason[:60],
+            d.attempts,
+            _ago(d.first_failed_at),
+            _ago(d.last_failed_at),
+            d.status,
+        )
+        for d in letters
+    ]
+    print(_table(rows, ("id", "queue", "task", "order", "reason", "attempts", "first", "last", "status")))
+    depths = ops.broker_depths()
+    if depths:
+        print("RabbitMQ dead-letter queues: " + ", ".join(f"{q} {n}" for q, n in depths.items()))
+    print(f"{len(letters)} dead letter(s)")
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    try:
+        letter = _dlq().show(args.id)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    for label, value in (
+        ("id", letter.id),
+        ("status", letter.status),
+        ("queue", letter.queue),
+        ("task", letter.task),
+        ("order", letter.order_id),
+        ("reason", letter.reason),
+        ("error", letter.error),
+        ("attempts", letter.attempts),
+        ("first failure", letter.first_failed_at.isoformat()),
+        ("last failure", letter.last_failed_at.isoformat()),
+    ):
+        print(f"{label:>13}: {value}")
+    if letter.traceback:
+        print("    traceback:")
+        for line in letter.traceback.splitlines():
+            print(f"      {line}")
+    return 0
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    ops = _dlq()
+    if args.order:
+        letters = ops.redrive_order(args.order, compensate=args.compensate)
+        verb = "resolved by compensating the order" if args.compensate else "redriven"
+        print(f"{len(letters)} dead letter(s) of order {args.order} {verb}")
+        return 0
+    if not args.id:
+        print("error: give a dead letter ID, or --order ORDER_ID", file=sys.stderr)
+        return 2
+    if args.compensate:
+        print("error: --compensate goes with --order", file=sys.stderr)
+        return 2
+    try:
+        done = ops.redrive(args.id)
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print(f"redriven {done.letter.id} ({done.letter.task} on {done.letter.queue}) with its retries reset")
+    return 0
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    ops = _dlq()
+    if args.id is None and not args.yes:
+        count = len(ops.letters())
+        print(f"this drops {count} dead letter(s) for good; run again with --yes", file=sys.stderr)
+        return 2
+    try:
+        count = ops.purge(args.id)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print(f"purged {count} dead letter(s)")
     return 0
 
 
@@ -167,6 +277,29 @@ def build_parser() -> argparse.ArgumentParser:
     show = orders_sub.add_parser("show", help="one order's status and events")
     show.add_argument("order_id")
     show.set_defaults(func=cmd_order_show)
+
+    dlq = sub.add_parser("dlq", help="dead letters: messages that could not be handled")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="queue, task, order, reason, attempts, first and last failure")
+    dlq_list.add_argument("--all", action="store_true", help="also those redriven, resolved or purged")
+    dlq_list.add_argument("--order", help="only this order's")
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter in full, with its traceback summary")
+    dlq_show.add_argument("id", help="the id (or its first characters, as `list` shows)")
+    dlq_show.set_defaults(func=cmd_dlq_show)
+    dlq_redrive = dlq_sub.add_parser(
+        "redrive", help="send a dead letter again with its retries reset, or all of an order's"
+    )
+    dlq_redrive.add_argument("id", nargs="?", help="the dead letter to send again")
+    dlq_redrive.add_argument("--order", help="every dead letter of this order")
+    dlq_redrive.add_argument(
+        "--compensate", action="store_true", help="with --order: compensate the order instead of resuming it"
+    )
+    dlq_redrive.set_defaults(func=cmd_dlq_redrive)
+    dlq_purge = dlq_sub.add_parser("purge", help="drop one dead letter, or all of them (with --yes)")
+    dlq_purge.add_argument("id", nargs="?", help="only this one")
+    dlq_purge.add_argument("--yes", action="store_true", help="confirm dropping every dead letter")
+    dlq_purge.set_defaults(func=cmd_dlq_purge)
 
     db = sub.add_parser("db", help="database chores")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -58,9 +58,13 @@ class CompleteOrder(Command):
 
 
 class CompensateOrder(Command):
-    """The saga failed at ``failed_step``: undo every step up to and including it."""
+    """The saga failed at ``failed_step``: undo every step up to and including it.
+
+    ``reason`` is given when an operator compensates (no failure event will say why).
+    """
 
     failed_step: str = Field(min_length=1, max_length=64)
+    reason: str | None = Field(None, max_length=32)
 
 
 class CancelOrder(Command):

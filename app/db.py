@@ -9,7 +9,9 @@ ones, all prefixed with the service name:
 * ``<service>_inbox`` — ``(consumer, event_id)`` of every event a consumer has handled,
   written in the consumer's own transaction, so a redelivered event has no second effect;
 * ``<service>_steps`` — the recorded outcome of every saga step and compensation, keyed
-  by ``(order_id, step)``: a repeated command returns it instead of acting again.
+  by ``(order_id, step)``: a repeated command returns it instead of acting again;
+* ``<service>_dead_letters`` — messages of the service's queue that could not be handled
+  (retries exhausted, malformed), with why; see :mod:`app.deadletters`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     event,
     insert,
@@ -95,6 +98,7 @@ class StandardTables:
     events: Table
     inbox: Table
     steps: Table
+    dead_letters: Table
 
 
 def standard_tables(service: str, metadata: MetaData) -> StandardTables:
@@ -129,7 +133,24 @@ def standard_tables(service: str, metadata: MetaData) -> StandardTables:
         Column("detail", JSON, nullable=False),
         Column("recorded_at", DateTime(timezone=True), nullable=False),
     )
-    return StandardTables(events, inbox, steps)
+    dead_letters = Table(
+        f"{service}_dead_letters",
+        metadata,
+        Column("id", String(36), primary_key=True),
+        Column("message_key", String(255), nullable=False, index=True),
+        Column("queue", String(64), nullable=False),
+        Column("task", String(128)),
+        Column("order_id", String(64), index=True),
+        Column("reason", String(255), nullable=False),
+        Column("error", Text, nullable=False),
+        Column("traceback", Text, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("first_failed_at", DateTime(timezone=True), nullable=False),
+        Column("last_failed_at", DateTime(timezone=True), nullable=False),
+        Column("status", String(16), nullable=False, index=True),  # DEAD, REDRIVEN, PURGED
+        Column("message", JSON, nullable=False),  # how to send it again; see app.deadletters
+    )
+    return StandardTables(events, inbox, steps, dead_letters)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from app.adapters.fake_gateway import FakePaymentGateway
 from app.bus import OutboxSweeper, Relay
 from app.catalog import CATALOG
 from app.db import Database, make_engine
+from app.deadletters import DeadLetterStore
 from app.logs import quiet_expected_failures
 from app.saga import CHECKOUT
 from app.services import inventory, order, payment, shipping
@@ -26,7 +27,7 @@ from app.services.order import OrderService
 from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
 from app.tasks import CeleryPublisher, register_tasks
-from config.celery import celery_config
+from config.celery import celery_config, dead_letter_queues
 from config.settings import SERVICES, Settings
 
 log = logging.getLogger("checkout")
@@ -53,6 +54,7 @@ class Runtime:
             module = SERVICE_MODULES[service]
             self.databases[service] = Database(service, self.engines[url], module.metadata, module.tables)
         self.saga = CHECKOUT
+        self.dead_letters = DeadLetterStore(self.databases)
         self.gateway = FakePaymentGateway(self.databases["payment"].engine)
         self.carrier = FakeCarrier()
         self.order = OrderService(self.databases["order"], deadline_seconds=self.settings.saga_deadline_seconds)
@@ -68,6 +70,7 @@ class Runtime:
         """A Celery app configured for this system, with every task registered."""
         app = Celery(name, set_as_current=False)
         app.conf.update(celery_config(self.settings))
+        app.checkout_runtime = self  # for the worker's consumer (app/consumer.py)
         register_tasks(app, self)
         return app
 
@@ -83,9 +86,14 @@ class Runtime:
             self.gateway.create_schema()
 
     def declare_queues(self) -> None:
-        """Declare the exchange and every service queue, so no early message is dropped."""
+        """Declare the exchanges and every service queue — and, on RabbitMQ, the dead-letter
+        exchange and the ``<service>.dlq`` queues, which Celery never declares itself (without
+        them the broker silently drops dead letters)."""
+        queues = list(self.celery.amqp.queues.values())
+        if self.settings.broker_kind == "amqp":
+            queues += dead_letter_queues()
         with self.celery.connection_for_write() as conn:
-            for queue in self.celery.amqp.queues.values():
+            for queue in queues:
                 queue(conn.default_channel).declare()
 
     def after_fork(self) -> None:

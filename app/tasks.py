@@ -1,23 +1,33 @@
 """The Celery tasks: thin adapters between messages and the services.
 
 A task validates its one argument (a command or an event envelope), calls the service,
-and maps outcomes to Celery: a business failure stops the canvas (``StepFailed``, which
-fires the saga's error callback); a transient failure is retried with exponential backoff
-and jitter, and when the retries run out the step is recorded as failed. Nothing is
-retried on a bare ``Exception``.
+and maps outcomes to Celery:
 
-Task names are ``<service>.<verb>`` and ``config.celery.task_routes`` sends each to its
+* business failure — the service recorded it; ``StepFailed`` stops the canvas (its error
+  callback compensates). The message is acknowledged: a decline is a fact, not a fault;
+* transient failure — retried with exponential backoff and jitter; when the retries run
+  out the step is recorded as failed, the message becomes a dead letter and is rejected
+  (RabbitMQ routes it to ``<queue>.dlq``); Celery still fires the canvas's error callback;
+* malformed message (fails its schema) — a dead letter at once, never retried;
+* anything else is a bug: not retried, logged by Celery.
+
+Task names are ``<service>.<verb>``; ``config.celery.task_routes`` sends each to its
 service's queue. Each task takes exactly one positional argument.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery, Task
+from celery.exceptions import Reject
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.canvas import build_compensation, build_saga
@@ -25,8 +35,8 @@ from app.commands import (
     AuthorizePayment,
     CancelOrder,
     CancelShipment,
-    Command,
     CapturePayment,
+    Command,
     CompensateOrder,
     CompleteOrder,
     RefundPayment,
@@ -47,8 +57,11 @@ log = logging.getLogger("checkout.tasks")
 #: Faults worth retrying. A database that is briefly unreachable or locked is one.
 TRANSIENT = (TransientFailure, OperationalError)
 
-#: Compensations must finish: they retry this many times more than forward steps.
-COMPENSATION_RETRY_FACTOR = 4
+#: Compensations and event consumers must finish: they retry this many times more.
+PERSISTENT_RETRY_FACTOR = 4
+
+#: Header carrying when a message first failed, kept across retries.
+FIRST_FAILURE = "x_first_failure"
 
 
 class CeleryPublisher:
@@ -75,96 +88,128 @@ def _reason_of(exc: BaseException, service: str) -> str:
     return "unexpected_error"
 
 
+def _order_of(body: Any) -> str | None:
+    if isinstance(body, dict):
+        value = body.get("order_id") or body.get("key")
+        return str(value)[:64] if value else None
+    return None
+
+
+def _headers(task: Task) -> dict[str, Any]:
+    return dict(task.request.headers or {})
+
+
 def register_tasks(app: Celery, rt: Runtime) -> None:
     """Define every task of the system on ``app``, bound to the runtime's services."""
     settings = rt.settings
 
-    def retry_or(task: Task, exc: BaseException, *, compensation: bool, give_up: Callable[[], None]) -> NoReturn:
-        limit = settings.retry_max * (COMPENSATION_RETRY_FACTOR if compensation else 1)
+    def dead_letter(task: Task, body: Any, reason: str, exc: BaseException) -> NoReturn:
+        """Keep the message in the dead-letter store, then reject it (no requeue)."""
+        service = task.name.split(".", 1)[0]
+        signature = task.signature_from_request(task.request, retries=0, headers=_headers(task))
+        first = _headers(task).get(FIRST_FAILURE)
+        rt.dead_letters.record(
+            service,
+            message_key=str(task.request.id),
+            queue=service,
+            task=task.name,
+            order_id=_order_of(body),
+            reason=reason,
+            error=repr(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            attempts=task.request.retries + 1,
+            message={"kind": "task", "signature": json.loads(json.dumps(dict(signature), default=str))},
+            first_failed_at=datetime.fromisoformat(first) if first else None,
+        )
+        log.warning("%s[%s] dead-lettered: %s", task.name, task.request.id, reason)
+        raise Reject(reason, requeue=False)
+
+    def retry_or_dead_letter(
+        task: Task, body: Any, exc: BaseException, *, persistent: bool, give_up: Callable[[str], None]
+    ) -> NoReturn:
+        limit = settings.retry_max * (PERSISTENT_RETRY_FACTOR if persistent else 1)
+        reason = _reason_of(exc, task.name.split(".", 1)[0])
         if task.request.retries < limit:
             countdown = backoff(task.request.retries, settings.retry_base_seconds, settings.retry_cap_seconds)
             log.info(
                 "%s: transient failure (%s); retry %d in %.2fs", task.name, exc, task.request.retries + 1, countdown
             )
-            raise task.retry(exc=exc, countdown=countdown, max_retries=limit)
-        give_up()
-        raise exc
+            headers = _headers(task)
+            headers.setdefault(FIRST_FAILURE, datetime.now(UTC).isoformat())
+            raise task.retry(exc=exc, countdown=countdown, max_retries=limit, headers=headers)
+        give_up(reason)
+        dead_letter(task, body, f"retries exhausted ({limit}): {reason}", exc)
 
+    def parse(task: Task, model: type[BaseModel], body: Any) -> Any:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            dead_letter(task, body, f"invalid {model.__name__}: {where}: {first['msg']}", exc)
+
+    def define(name: str, fn: Callable[..., Any], **options: Any) -> None:
+        app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(fn)
+
+    # --- forward steps -------------------------------------------------------------
     def forward(
         step: str, command: type[Command], handle: Callable[[Any, str], StepRecord], give_up: Callable[..., Any]
     ) -> Callable[..., Any]:
-        def run(self: Task, body: dict[str, Any]) -> dict[str, Any]:
-            cmd = command.model_validate(body)
+        def run(self: Task, body: Any) -> dict[str, Any]:
+            cmd = parse(self, command, body)
             try:
                 record = handle(cmd, self.request.id)
             except TRANSIENT as exc:
-                fault = exc
-                reason = _reason_of(fault, self.name.split(".", 1)[0])
-
-                def record_failure() -> None:
-                    give_up(cmd.order_id, step, reason, self.request.id)
-                    raise StepFailed(step, reason) from fault
-
-                retry_or(self, fault, compensation=False, give_up=record_failure)
+                retry_or_dead_letter(
+                    self,
+                    body,
+                    exc,
+                    persistent=False,
+                    give_up=lambda reason: give_up(cmd.order_id, step, reason, self.request.id),
+                )
             if record.outcome in {"failed", "prevented"}:
                 raise StepFailed(step, record.reason or record.outcome)
             return {"order_id": cmd.order_id, "step": step, "outcome": record.outcome}
 
         return run
 
-    def compensate(command: type[Command], handle: Callable[[Any, str], StepRecord]) -> Callable[..., Any]:
-        def run(self: Task, body: dict[str, Any]) -> dict[str, Any]:
-            cmd = command.model_validate(body)
+    define(
+        "inventory.reserve", forward("reserve_inventory", ReserveInventory, rt.inventory.reserve, rt.inventory.give_up)
+    )
+    define(
+        "payment.authorize", forward("authorize_payment", AuthorizePayment, rt.payment.authorize, rt.payment.give_up)
+    )
+    define(
+        "shipping.schedule", forward("schedule_shipping", ScheduleShipment, rt.shipping.schedule, rt.shipping.give_up)
+    )
+    define("payment.capture", forward("capture_payment", CapturePayment, rt.payment.capture, rt.payment.give_up))
+    define("order.complete", forward("complete_order", CompleteOrder, rt.order.complete, rt.order.give_up))
+
+    # --- compensations and the order's own moves: they must finish ----------------
+    def persistent(model: type[BaseModel], handle: Callable[[Any, str], Any]) -> Callable[..., Any]:
+        def run(self: Task, body: Any) -> Any:
+            message = parse(self, model, body)
             try:
-                record = handle(cmd, self.request.id)
+                result = handle(message, self.request.id)
             except TRANSIENT as exc:
-                retry_or(self, exc, compensation=True, give_up=lambda: None)
-            return {"order_id": cmd.order_id, "outcome": record.outcome}
+                retry_or_dead_letter(self, body, exc, persistent=True, give_up=lambda reason: None)
+            return result.outcome if isinstance(result, StepRecord) else result
 
         return run
 
-    def define(name: str, fn: Callable[..., Any], **options: Any) -> None:
-        app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(fn)
+    define("inventory.release", persistent(ReleaseInventory, rt.inventory.release))
+    define("payment.void", persistent(VoidPayment, rt.payment.void))
+    define("payment.refund", persistent(RefundPayment, rt.payment.refund))
+    define("shipping.cancel", persistent(CancelShipment, rt.shipping.cancel))
 
-    # --- forward steps -------------------------------------------------------------
-    define(
-        "inventory.reserve",
-        forward("reserve_inventory", ReserveInventory, rt.inventory.reserve, rt.inventory.give_up),
-    )
-    define(
-        "payment.authorize",
-        forward("authorize_payment", AuthorizePayment, rt.payment.authorize, rt.payment.give_up),
-    )
-    define(
-        "shipping.schedule",
-        forward("schedule_shipping", ScheduleShipment, rt.shipping.schedule, rt.shipping.give_up),
-    )
-    define(
-        "payment.capture",
-        forward("capture_payment", CapturePayment, rt.payment.capture, rt.payment.give_up),
-    )
-    define(
-        "order.complete",
-        forward("complete_order", CompleteOrder, rt.order.complete, rt.order.give_up),
-    )
-
-    # --- compensations ------------------------------------------------------------
-    define("inventory.release", compensate(ReleaseInventory, rt.inventory.release))
-    define("payment.void", compensate(VoidPayment, rt.payment.void))
-    define("payment.refund", compensate(RefundPayment, rt.payment.refund))
-    define("shipping.cancel", compensate(CancelShipment, rt.shipping.cancel))
-
-    # --- the saga's own moves (order service) -------------------------------------
-    def start(self: Task, body: dict[str, Any]) -> None:
-        env = Envelope.model_validate(body)
+    def start(env: Envelope, _message_id: str) -> None:
         plan = rt.order.plan_saga(env.key)
         if plan is None:
             return
         build_saga(app, rt.saga, plan.order_id, plan.commands).apply_async()
         rt.order.saga_dispatched(plan.order_id)
 
-    def compensate_order(self: Task, body: dict[str, Any]) -> None:
-        cmd = CompensateOrder.model_validate(body)
+    def compensate(cmd: CompensateOrder, _message_id: str) -> None:
         plan = rt.order.plan_compensation(cmd)
         if plan is None:
             return
@@ -172,24 +217,14 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         build_compensation(app, rt.saga, plan.order_id, plan.compensations, plan.cancel_command).apply_async()
         rt.order.compensation_dispatched(plan.order_id)
 
-    def cancel(self: Task, body: dict[str, Any]) -> str:
-        return rt.order.compensations_done(CancelOrder.model_validate(body), self.request.id)
-
-    def record(self: Task, body: dict[str, Any]) -> None:
-        rt.order.record(Envelope.model_validate(body))
-
-    events = {"ignore_result": True, "autoretry_for": TRANSIENT, "retry_backoff": True, "max_retries": None}
-    define("order.start", start, **events)
-    define("order.compensate", compensate_order, **events)
-    define("order.cancel", cancel, **events)
-    define("order.record", record, **events)
-
-    # --- inventory's reactions to the order's outcome ------------------------------
-    def commit(self: Task, body: dict[str, Any]) -> None:
-        rt.inventory.on_order_completed(Envelope.model_validate(body))
-
-    def release_on_cancel(self: Task, body: dict[str, Any]) -> None:
-        rt.inventory.on_order_cancelled(Envelope.model_validate(body))
-
-    define("inventory.commit", commit, **events)
-    define("inventory.release_on_cancel", release_on_cancel, **events)
+    quiet = {"ignore_result": True}
+    define("order.start", persistent(Envelope, start), **quiet)
+    define("order.compensate", persistent(CompensateOrder, compensate), **quiet)
+    define("order.cancel", persistent(CancelOrder, rt.order.compensations_done), **quiet)
+    define("order.record", persistent(Envelope, lambda env, _id: rt.order.record(env)), **quiet)
+    define("inventory.commit", persistent(Envelope, lambda env, _id: rt.inventory.on_order_completed(env)), **quiet)
+    define(
+        "inventory.release_on_cancel",
+        persistent(Envelope, lambda env, _id: rt.inventory.on_order_cancelled(env)),
+        **quiet,
+    )

@@ -15,9 +15,40 @@ from config.settings import SERVICES, Settings
 #: One topic exchange carries every task message; each service queue binds ``<service>.#``.
 EXCHANGE = Exchange("checkout", type="topic", durable=True)
 
+#: RabbitMQ: a message rejected from ``<service>`` is routed by the broker to ``<service>.dlq``.
+DEAD_LETTER_EXCHANGE = Exchange("checkout.dlx", type="direct", durable=True)
 
-def service_queues() -> list[Queue]:
-    return [Queue(name, EXCHANGE, routing_key=f"{name}.#", durable=True) for name in SERVICES]
+
+def dead_letter_queue_name(service: str) -> str:
+    return f"{service}.dlq"
+
+
+def service_queues(broker_kind: str = "memory") -> list[Queue]:
+    """The four service queues. On RabbitMQ each names its dead-letter exchange and route.
+
+    Every process declares them from this one function, so they are always declared with
+    the same arguments (RabbitMQ refuses a redeclaration with different ones).
+    """
+    queues = []
+    for name in SERVICES:
+        arguments = {}
+        if broker_kind == "amqp":
+            arguments = {
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+                "x-dead-letter-routing-key": dead_letter_queue_name(name),
+            }
+        queues.append(Queue(name, EXCHANGE, routing_key=f"{name}.#", durable=True, queue_arguments=arguments))
+    return queues
+
+
+def dead_letter_queues() -> list[Queue]:
+    """RabbitMQ's ``<service>.dlq`` queues. Celery never declares these itself; the project does."""
+    return [
+        Queue(
+            dead_letter_queue_name(name), DEAD_LETTER_EXCHANGE, routing_key=dead_letter_queue_name(name), durable=True
+        )
+        for name in SERVICES
+    ]
 
 
 def task_routes() -> dict[str, dict[str, str]]:
@@ -40,7 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": service_queues(),
+        "task_queues": service_queues(settings.broker_kind),
+        # records malformed messages as dead letters instead of dropping them
+        "worker_consumer": "app.consumer:CheckoutConsumer",
         "task_routes": task_routes(),
         "task_default_queue": "order",
         "task_default_exchange": EXCHANGE.name,

@@ -356,7 +356,12 @@ class OrderService:
             uow.conn.execute(
                 update(orders)
                 .where(orders.c.order_id == cmd.order_id)
-                .values(saga_state="COMPENSATING", failed_step=failed_step, updated_at=utcnow())
+                .values(
+                    saga_state="COMPENSATING",
+                    failed_step=failed_step,
+                    failure_reason=row.failure_reason or cmd.reason,
+                    updated_at=utcnow(),
+                )
             )
             return CompensationPlan(
                 cmd.order_id,
@@ -389,10 +394,9 @@ class OrderService:
         def work(uow: UnitOfWork) -> bool:
             if not uow.first_time("order.record", env.event_id):
                 return False
-            row = uow.conn.execute(
-                select(orders.c.status, orders.c.steps, orders.c.failure_reason).where(orders.c.order_id == env.key)
-            ).first()
-            if row is None:
+            try:
+                row = _order_row(uow, env.key)
+            except OrderNotFound:
                 return False
             _add_to_timeline(uow, env)
             values: dict[str, Any] = {"updated_at": utcnow()}
@@ -485,7 +489,13 @@ class OrderService:
 
 
 def _order_row(uow: UnitOfWork, order_id: str) -> Any:
-    row = uow.conn.execute(select(orders).where(orders.c.order_id == order_id)).first()
+    """The order's row, locked until the transaction ends.
+
+    Every change to an order goes through here, so two messages about one order (say the
+    failure event and the end of the compensations) see each other's writes instead of
+    both deciding the other has not happened yet.
+    """
+    row = uow.conn.execute(select(orders).where(orders.c.order_id == order_id).with_for_update()).first()
     if row is None:
         raise OrderNotFound(f"no order with id {order_id!r}")
     return row

@@ -127,7 +127,14 @@ def wait_all_terminal(system: System, order_ids: list[str], workers: Workers, ti
         return not pending
 
     def diagnostics() -> str:
-        return f"{len(pending)} order(s) still PENDING, e.g. {sorted(pending)[:5]}\n{workers.tails()}"
+        rt = system.runtime
+        lines = [f"{len(pending)} order(s) still PENDING:"]
+        for order_id in sorted(pending)[:5]:
+            view = rt.order.view(order_id)
+            lines.append(f"  {order_id}: steps {view.steps}, events {[e.type for e in view.events]}")
+            for letter in rt.dead_letters.find(order_id=order_id):
+                lines.append(f"    dead letter {letter.task}: {letter.reason}")
+        return "\n".join(lines) + "\n" + workers.tails()
 
     wait_until(
         none_pending,

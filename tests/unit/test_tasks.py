@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from celery.exceptions import Reject
+
 from app.errors import StepFailed
 from app.runtime import Runtime
 from config.settings import Settings
@@ -53,11 +55,27 @@ def test_transient_failure_is_retried_until_it_passes(rt: Runtime) -> None:
     assert [e.event_type for e in rt.databases["payment"].log()] == ["PaymentAuthorized"]
 
 
-def test_exhausted_retries_record_the_failure(rt: Runtime) -> None:
+def test_exhausted_retries_record_the_failure_and_dead_letter_the_message(rt: Runtime) -> None:
     result = rt.celery.tasks["payment.authorize"].apply(args=(authorize_body("tok_down"),))
-    assert result.failed() and isinstance(result.result, StepFailed)
-    assert result.result.reason == "payment_unavailable"
+    assert isinstance(result.result, Reject) and result.result.requeue is False
     assert [e.event_type for e in rt.databases["payment"].log()] == ["PaymentFailed"]
+    (letter,) = rt.dead_letters.find()
+    assert (letter.queue, letter.task, letter.order_id) == ("payment", "payment.authorize", "o-1")
+    assert letter.reason == f"retries exhausted ({rt.settings.retry_max}): payment_unavailable"
+    assert letter.attempts == rt.settings.retry_max + 1
+    assert "TransientFailure" in letter.traceback
+    assert letter.message["signature"]["task"] == "payment.authorize"
+    assert letter.message["signature"]["options"]["retries"] == 0
+
+
+def test_a_malformed_command_is_dead_lettered_at_once(rt: Runtime) -> None:
+    body = {"order_id": "o-2", "amount_cents": -5, "currency": "EUR", "payment_token": "tok_ok"}
+    result = rt.celery.tasks["payment.authorize"].apply(args=(body,))
+    assert isinstance(result.result, Reject)
+    (letter,) = rt.dead_letters.find()
+    assert letter.reason.startswith("invalid AuthorizePayment: amount_cents:")
+    assert letter.attempts == 1
+    assert rt.databases["payment"].log() == []
 
 
 def test_a_bug_is_not_retried(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:

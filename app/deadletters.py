@@ -1,0 +1,172 @@
+"""The dead-letter store: messages that could not be handled, and why.
+
+One store over both brokers. On RabbitMQ a rejected message also reaches the queue's
+``<queue>.dlq`` through the broker's dead-letter exchange; on Redis (no DLX) this store is
+the only copy. Either way each dead letter is a row in its service's
+``<service>_dead_letters`` table, holding what an operator needs — queue, task, order,
+reason, a traceback summary, attempts, first and last failure — and the message itself,
+so it can be sent again (redriven) or purged. This module knows nothing of Celery: a
+message is kept as the JSON the caller gives (``message``), and sending it again is the
+caller's business (``app/dlq.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from app.db import Database, UnitOfWork, as_utc, utcnow
+
+DEAD, REDRIVEN, PURGED = "DEAD", "REDRIVEN", "PURGED"
+
+#: Lines of traceback kept: enough to see where, not a wall of frames.
+TRACEBACK_LINES = 12
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    service: str
+    queue: str
+    task: str | None
+    order_id: str | None
+    reason: str
+    error: str
+    traceback: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    status: str
+    message: dict[str, Any]
+    message_key: str
+
+
+def summarize_traceback(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= TRACEBACK_LINES:
+        return "\n".join(lines)
+    return "\n".join(["...", *lines[-TRACEBACK_LINES:]])
+
+
+class DeadLetterStore:
+    def __init__(self, databases: Mapping[str, Database]) -> None:
+        self.databases = databases
+
+    def record(
+        self,
+        service: str,
+        *,
+        message_key: str,
+        queue: str,
+        task: str | None,
+        order_id: str | None,
+        reason: str,
+        error: str,
+        traceback: str,
+        attempts: int,
+        message: dict[str, Any],
+        first_failed_at: datetime | None = None,
+        merge: bool = True,
+    ) -> str:
+        """Keep a dead letter and return its id. With ``merge`` (a key that identifies one
+        message, like a task id), the same message dying again updates its row instead."""
+        db = self.databases[service]
+        table = db.tables.dead_letters
+        now = utcnow()
+
+        def work(uow: UnitOfWork) -> str:
+            existing = (
+                uow.conn.execute(
+                    select(table.c.id, table.c.attempts).where(
+                        table.c.message_key == message_key, table.c.status == DEAD
+                    )
+                ).first()
+                if merge
+                else None
+            )
+            values = {
+                "reason": reason[:255],
+                "error": error,
+                "traceback": summarize_traceback(traceback),
+                "last_failed_at": now,
+                "message": message,
+            }
+            if existing is not None:
+                uow.conn.execute(
+                    update(table)
+                    .where(table.c.id == existing.id)
+                    .values(**values, attempts=existing.attempts + attempts)
+                )
+                return str(existing.id)
+            new_id = str(uuid.uuid4())
+            uow.conn.execute(
+                insert(table).values(
+                    id=new_id,
+                    message_key=message_key,
+                    queue=queue,
+                    task=task,
+                    order_id=order_id,
+                    attempts=attempts,
+                    first_failed_at=first_failed_at or now,
+                    status=DEAD,
+                    **values,
+                )
+            )
+            return new_id
+
+        return db.run(work)
+
+    def find(self, *, status: str | None = DEAD, order_id: str | None = None) -> list[DeadLetter]:
+        found: list[DeadLetter] = []
+        for service, db in self.databases.items():
+            table = db.tables.dead_letters
+            query = select(table)
+            if status is not None:
+                query = query.where(table.c.status == status)
+            if order_id is not None:
+                query = query.where(table.c.order_id == order_id)
+            rows: list[Any] = db.query(lambda c, q=query: list(c.execute(q).all()))  # type: ignore[misc]
+            found.extend(_row(service, r) for r in rows)
+        return sorted(found, key=lambda d: (d.first_failed_at, d.id))
+
+    def get(self, id_or_prefix: str) -> DeadLetter:
+        """One dead letter by id, or by an unambiguous prefix of it (as ``list`` shows)."""
+        matches = [d for d in self.find(status=None) if d.id.startswith(id_or_prefix)]
+        if not matches:
+            raise KeyError(f"no dead letter with id {id_or_prefix!r} (see `python -m app dlq list`)")
+        if len(matches) > 1:
+            raise KeyError(f"{len(matches)} dead letters start with {id_or_prefix!r}; give more of the id")
+        return matches[0]
+
+    def set_status(self, letter: DeadLetter, status: str) -> None:
+        db = self.databases[letter.service]
+        table = db.tables.dead_letters
+
+        def work(uow: UnitOfWork) -> None:
+            uow.conn.execute(update(table).where(table.c.id == letter.id).values(status=status))
+
+        db.run(work)
+
+
+def _row(service: str, row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row.id,
+        service=service,
+        queue=row.queue,
+        task=row.task,
+        order_id=row.order_id,
+        reason=row.reason,
+        error=row.error,
+        traceback=row.traceback,
+        attempts=row.attempts,
+        first_failed_at=as_utc(row.first_failed_at),
+        last_failed_at=as_utc(row.last_failed_at),
+        status=row.status,
+        message=dict(row.message),
+        message_key=row.message_key,
+    )

@@ -1,0 +1,147 @@
+"""Dead letters on the embedded system: exhausted retries, malformed messages, redrive."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Producer
+from sqlalchemy.exc import OperationalError
+
+import app
+import app.api
+from app.api import System
+from app.audit import audit
+from app.dlq import OPERATOR_REASON, DeadLetterOps
+from config.celery import EXCHANGE
+from config.settings import Settings
+from tests.conftest import purge_memory_broker, wait_until
+
+
+@pytest.fixture
+def quick(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
+    """An embedded system whose persistent tasks give up after 4 quick retries."""
+    purge_memory_broker()
+    system = System(settings.model_copy(update={"retry_max": 1})).start()
+    monkeypatch.setattr(app.api, "_system", system)
+    yield system
+    system.stop()
+    purge_memory_broker()
+
+
+def db_down(*_: Any, **__: Any) -> Any:
+    raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+@pytest.fixture
+def outage() -> Iterator[pytest.MonkeyPatch]:
+    """Patches that break a service until ``outage.undo()`` (the test's own patches stay)."""
+    patches = pytest.MonkeyPatch()
+    yield patches
+    patches.undo()
+
+
+def test_exhausted_step_is_dead_lettered_and_the_saga_compensates(api: System) -> None:
+    order_id = app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token="tok_down")
+    view = app.wait_for_order(order_id, timeout=60)
+    assert (view.status, view.reason) == ("CANCELLED", "payment_unavailable")
+    (letter,) = DeadLetterOps(api.runtime).letters()
+    assert (letter.queue, letter.task, letter.order_id) == ("payment", "payment.authorize", order_id)
+    assert "payment_unavailable" in letter.reason
+    assert letter.attempts == api.runtime.settings.retry_max + 1
+    assert letter.first_failed_at < letter.last_failed_at
+    assert "TransientFailure" in letter.traceback
+    report = audit(api.runtime, settle=10)
+    assert report.clean and report.dead_letters == 1, report.violations
+
+
+def test_redrive_resumes_a_saga_held_up_by_dead_letters(quick: System, outage: pytest.MonkeyPatch) -> None:
+    rt = quick.runtime
+    ops = DeadLetterOps(rt)
+    outage.setattr(rt.order, "record", db_down)  # the order service's database is down
+    order_id = app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token="tok_declined")
+    # InventoryReserved, PaymentDeclined and InventoryReleased could not be recorded
+    wait_until(lambda: len(ops.letters(order_id=order_id)) == 3, timeout=60, what="three dead letters")
+    assert {d.task for d in ops.letters()} == {"order.record"}
+    assert app.get_order(order_id).status == "PENDING"
+    report = audit(rt)
+    assert any("holds up order" in v for v in report.violations)
+
+    outage.undo()  # the database is back
+    assert len(ops.redrive_order(order_id)) == 3
+    view = app.wait_for_order(order_id, timeout=30)
+    assert (view.status, view.reason) == ("CANCELLED", "card_declined")
+    assert ops.letters() == []
+    assert {d.status for d in ops.letters(include_done=True)} == {"REDRIVEN"}
+    assert audit(rt, settle=10).clean
+
+
+def test_redrive_one_letter_resets_its_retries(quick: System, outage: pytest.MonkeyPatch) -> None:
+    rt = quick.runtime
+    ops = DeadLetterOps(rt)
+    outage.setattr(rt.inventory, "on_order_completed", db_down)
+    order_id = app.place_order("c", [{"sku": "TEE-01", "qty": 2}])
+    assert app.wait_for_order(order_id, timeout=30).status == "COMPLETED"
+    (letter,) = wait_until(lambda: ops.letters(), timeout=60, what="a dead letter")
+    assert letter.task == "inventory.commit" and letter.attempts == 5
+    outage.undo()
+    ops.redrive(letter.id[:8])
+    wait_until(lambda: rt.inventory.levels()["TEE-01"].committed == 2, timeout=30, what="the stock committed")
+    with pytest.raises(ValueError, match="REDRIVEN"):
+        ops.redrive(letter.id)
+    assert audit(rt, settle=10).clean
+
+
+def test_compensate_an_order_from_its_dead_letters(quick: System, outage: pytest.MonkeyPatch) -> None:
+    rt = quick.runtime
+    ops = DeadLetterOps(rt)
+    outage.setattr(rt.order, "plan_saga", db_down)  # the saga cannot even start
+    order_id = app.place_order("c", [{"sku": "MUG-01", "qty": 1}])
+    (letter,) = wait_until(lambda: ops.letters(), timeout=60, what="a dead letter")
+    assert letter.task == "order.start"
+    outage.undo()
+    ops.redrive_order(order_id, compensate=True)
+    view = app.wait_for_order(order_id, timeout=30)
+    assert (view.status, view.reason) == ("CANCELLED", OPERATOR_REASON)
+    assert [d.status for d in ops.letters(include_done=True)] == ["RESOLVED"]
+    assert audit(rt, settle=10).clean
+
+
+def publish_raw(system: System, body: bytes, headers: dict[str, Any], routing_key: str) -> None:
+    with system.runtime.celery.connection_for_write() as conn:
+        Producer(conn.default_channel).publish(
+            body,
+            exchange=EXCHANGE,
+            routing_key=routing_key,
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            declare=[EXCHANGE],
+        )
+
+
+def test_malformed_messages_are_dead_lettered_at_once_and_the_workers_go_on(api: System) -> None:
+    rt = api.runtime
+    ops = DeadLetterOps(rt)
+    ids = []
+    for n in range(3):
+        ids.append(app.place_order("c", [{"sku": "MUG-01", "qty": 1}]))
+        publish_raw(api, b"{not json", {}, "payment.task")
+        publish_raw(api, json.dumps({"hello": "world"}).encode(), {}, "inventory.task")
+        task_id = str(uuid.uuid4())
+        headers = {"task": "shipping.teleport", "id": task_id, "lang": "py", "root_id": task_id, "retries": 0}
+        publish_raw(api, json.dumps([[{}], {}, {}]).encode(), headers, "shipping.task")
+        rt.celery.send_task("payment.authorize", args=({"order_id": f"bad-{n}", "amount_cents": "lots"},))
+        ids.append(app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token="tok_declined"))
+    views = [app.wait_for_order(order_id, timeout=60) for order_id in ids]
+    assert [v.status for v in views] == ["COMPLETED", "CANCELLED"] * 3
+    letters = wait_until(lambda: (found := ops.letters()) and len(found) >= 12 and found, timeout=30, what="12 letters")
+    assert len(letters) == 12
+    reasons = sorted({d.reason.split(":")[0].split(" '")[0] for d in letters})
+    assert reasons == ["invalid AuthorizePayment", "not a task message", "undecodable message", "unknown task"]
+    assert all(d.attempts == 1 for d in letters)
+    report = audit(rt, settle=10)
+    assert report.clean and report.dead_letters == 12, report.violations
