@@ -23,9 +23,30 @@ from typing import Any
 
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature
+from celery.exceptions import ImproperlyConfigured
 
 from app.commands import CompensateOrder
 from app.saga import Compensation, Saga, Step
+
+
+def check_canvas_settings(conf: Any) -> None:
+    """Refuse Celery settings under which the saga's error callbacks would misfire.
+
+    The canvas relies on the chord body's error callback, which Celery fires once, after
+    every header task has finished. With ``task_allow_error_cb_on_chord_header`` on,
+    Celery would also call it for each failed header task, while the other branch may
+    still be running.
+    """
+    if conf.task_allow_error_cb_on_chord_header:
+        raise ImproperlyConfigured(
+            "task_allow_error_cb_on_chord_header must be False: the saga compensates from the chord "
+            "body's error callback, once both parallel branches have finished"
+        )
+    if not conf.task_acks_late or not conf.task_reject_on_worker_lost:
+        raise ImproperlyConfigured(
+            "task_acks_late and task_reject_on_worker_lost must be True: steps are idempotent so that a "
+            "message is acknowledged only after its step ran"
+        )
 
 
 def _sig(app: Celery, task: str, body: dict[str, Any], **options: Any) -> Signature:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.bus import OutboxSweeper, Relay
+from app.canvas import check_canvas_settings
 from app.catalog import CATALOG
 from app.db import Database, make_engine
 from app.deadletters import DeadLetterStore
@@ -28,7 +29,7 @@ from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
 from app.tasks import CeleryPublisher, register_tasks
 from config.celery import celery_config, dead_letter_queues
-from config.settings import SERVICES, Settings
+from config.settings import SERVICES, Settings, load_settings
 
 log = logging.getLogger("checkout")
 
@@ -71,6 +72,7 @@ class Runtime:
         app = Celery(name, set_as_current=False)
         app.conf.update(celery_config(self.settings))
         app.checkout_runtime = self  # for the worker's consumer (app/consumer.py)
+        check_canvas_settings(app.conf)
         register_tasks(app, self)
         return app
 
@@ -114,7 +116,7 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     """
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    rt = Runtime(settings)
+    rt = Runtime(settings if settings is not None else load_settings())
     app = rt.celery
     app.amqp.queues.select([service])
     quiet_expected_failures()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
@@ -59,10 +59,17 @@ class Settings(BaseSettings):
     )
     saga_deadline_seconds: float = Field(300.0, gt=0, description="A saga not finished by then is stuck.")
     visibility_timeout_seconds: int = Field(
-        300,
+        600,
         ge=10,
-        description="Redis only: an unacknowledged message is redelivered after this long. "
-        "It must exceed the longest step plus its longest retry delay.",
+        description="Redis only: a message not acknowledged this long after delivery is given to another "
+        "worker. It bounds how long a killed worker's messages wait, and must exceed every retry delay "
+        "and the saga deadline (checked at start-up).",
+    )
+    rabbitmq_consumer_timeout_seconds: int = Field(
+        1800,
+        ge=10,
+        description="RabbitMQ only: the broker's consumer_timeout (30 min unless changed in rabbitmq.conf); "
+        "a retry delay or deadline at least this long is refused at start-up.",
     )
     log_level: str = Field("WARNING", description="Log level of workers started in-process.")
 
@@ -71,6 +78,28 @@ class Settings(BaseSettings):
         scheme = self.broker_url.split("://", 1)[0]
         if scheme not in {"memory", "redis", "rediss", "amqp", "amqps", "pyamqp"}:
             raise ValueError(f"CHECKOUT_BROKER_URL: unsupported scheme {scheme!r}; use memory://, redis:// or amqp://")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_dangerous_timing(self) -> Settings:
+        """A retry delay (an ETA message, held unacknowledged by the worker) or a saga deadline
+        that outlives the broker's patience makes messages run twice (Redis gives them to
+        another worker) or kills the channel (RabbitMQ's consumer_timeout)."""
+        if self.broker_kind == "redis":
+            limit, name = self.visibility_timeout_seconds, "CHECKOUT_VISIBILITY_TIMEOUT_SECONDS"
+        elif self.broker_kind == "amqp":
+            limit, name = self.rabbitmq_consumer_timeout_seconds, "CHECKOUT_RABBITMQ_CONSUMER_TIMEOUT_SECONDS"
+        else:
+            return self
+        for value, variable in (
+            (self.retry_cap_seconds, "CHECKOUT_RETRY_CAP_SECONDS"),
+            (self.saga_deadline_seconds, "CHECKOUT_SAGA_DEADLINE_SECONDS"),
+        ):
+            if value >= limit:
+                raise ValueError(
+                    f"{variable}={value:g} is not below {name}={limit}: lower {variable} or raise {name} "
+                    "(a message held that long is redelivered while it is still pending)"
+                )
         return self
 
     @property
@@ -103,6 +132,18 @@ class Settings(BaseSettings):
         if self.broker_kind == "redis":
             return self.broker_url
         return "db+" + self.database_url_for("order")
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit naming each bad variable and what to change."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = ["configuration error:"]
+        for error in exc.errors(include_url=False):
+            where = "CHECKOUT_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
+            lines.append(f"  {where}: {str(error['msg']).removeprefix('Value error, ')}")
+        raise SystemExit("\n".join(lines)) from None
 
 
 def variables() -> list[tuple[str, str, str]]:
