@@ -140,7 +140,8 @@ def get_order(order_id: str) -> OrderView:
 
 
 def wait_for_order(order_id: str, timeout: float = 30.0, poll: float = 0.02) -> OrderView:
-    """Return the order once COMPLETED or CANCELLED; raise TimeoutError after ``timeout`` s."""
+    """Return the order once COMPLETED or CANCELLED — or NEEDS_ATTENTION, parked until an
+    operator acts (``python -m app orders attention``); raise TimeoutError after ``timeout`` s."""
     rt = _current().runtime
     deadline = time.monotonic() + timeout
     while True:

@@ -73,7 +73,8 @@ def _audit_once(rt: Runtime) -> Report:
     # 1. every order is terminal
     for oid, order in orders.items():
         if order["status"] not in TERMINAL:
-            bad.append(f"order {oid}: {order['status']} (saga state {order['saga_state']}), not finished")
+            why = f": {order['attention']}" if order.get("attention") else ""
+            bad.append(f"order {oid}: {order['status']} (saga state {order['saga_state']}){why}, not finished")
 
     # 2. stock is conserved per SKU
     _check_stock(rt, reservations, bad)

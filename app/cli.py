@@ -90,6 +90,24 @@ def cmd_order_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orders_attention(_args: argparse.Namespace) -> int:
+    rt = _runtime()
+    try:
+        views = rt.order.needing_attention()
+    finally:
+        rt.close()
+    rows = [(v.order_id, v.reason or "", v.attention or "", _ago(v.updated_at)) for v in views]
+    print(_table(rows, ("order", "failed with", "waiting on", "since")))
+    print(f"{len(views)} order(s) need attention; `python -m app orders retry ID` once the cause is fixed")
+    return 0
+
+
+def cmd_orders_retry(args: argparse.Namespace) -> int:
+    letters = _dlq().retry_order(args.order_id)
+    print(f"order {args.order_id}: resumed; {len(letters)} dead letter(s) redriven")
+    return 0
+
+
 def cmd_place(args: argparse.Namespace) -> int:
     import app
 
@@ -277,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = orders_sub.add_parser("show", help="one order's status and events")
     show.add_argument("order_id")
     show.set_defaults(func=cmd_order_show)
+    attention = orders_sub.add_parser("attention", help="sagas parked because a compensation could not finish")
+    attention.set_defaults(func=cmd_orders_attention)
+    retry = orders_sub.add_parser("retry", help="resume a parked saga: redrive its dead letters")
+    retry.add_argument("order_id")
+    retry.set_defaults(func=cmd_orders_retry)
 
     dlq = sub.add_parser("dlq", help="dead letters: messages that could not be handled")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

@@ -82,3 +82,10 @@ class PlaceOrder(BaseModel):
     ship_to: Address
     currency: str = Field("EUR", pattern=CURRENCY_PATTERN)
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+
+
+class ParkOrder(Command):
+    """A compensation could not finish: the saga waits for an operator."""
+
+    step: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=255)

@@ -75,6 +75,12 @@ class DeadLetterOps:
             self.redrive(letter.id)
         return letters
 
+    def retry_order(self, order_id: str) -> list[DeadLetter]:
+        """An operator retries a parked (NEEDS_ATTENTION) saga: resume it and redrive its
+        dead letters — the compensation chain goes on from the step that gave up."""
+        self.rt.order.resume(order_id)
+        return self.redrive_order(order_id)
+
     def purge(self, letter_id: str | None = None) -> int:
         """Drop one dead letter, or all of them (and RabbitMQ's dead-letter queues)."""
         if letter_id is not None:

@@ -39,6 +39,7 @@ from app.commands import (
     Command,
     CompensateOrder,
     CompleteOrder,
+    ParkOrder,
     RefundPayment,
     ReleaseInventory,
     ReserveInventory,
@@ -186,21 +187,42 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     define("order.complete", forward("complete_order", CompleteOrder, rt.order.complete, rt.order.give_up))
 
     # --- compensations and the order's own moves: they must finish ----------------
-    def persistent(model: type[BaseModel], handle: Callable[[Any, str], Any]) -> Callable[..., Any]:
+    def persistent(
+        model: type[BaseModel], handle: Callable[[Any, str], Any], *, step: str | None = None
+    ) -> Callable[..., Any]:
+        """A task that retries long; a compensation (``step`` given) that still cannot
+        finish parks its saga as NEEDS_ATTENTION, so it never ends silently."""
+
         def run(self: Task, body: Any) -> Any:
             message = parse(self, model, body)
             try:
                 result = handle(message, self.request.id)
             except TRANSIENT as exc:
-                retry_or_dead_letter(self, body, exc, persistent=True, give_up=lambda reason: None)
+
+                def park(reason: str) -> None:
+                    if step is not None:
+                        order_id = str(message.order_id)
+                        park_body = ParkOrder(order_id=order_id, step=step, reason=reason).model_dump(mode="json")
+                        app.send_task("order.park", args=(park_body,))
+
+                retry_or_dead_letter(self, body, exc, persistent=True, give_up=park)
             return result.outcome if isinstance(result, StepRecord) else result
 
         return run
 
-    define("inventory.release", persistent(ReleaseInventory, rt.inventory.release))
-    define("payment.void", persistent(VoidPayment, rt.payment.void))
-    define("payment.refund", persistent(RefundPayment, rt.payment.refund))
-    define("shipping.cancel", persistent(CancelShipment, rt.shipping.cancel))
+    # (handlers are looked up at call time, so a service can be swapped or patched)
+    define(
+        "inventory.release",
+        persistent(ReleaseInventory, lambda cmd, cid: rt.inventory.release(cmd, cid), step="release_inventory"),
+    )
+    define("payment.void", persistent(VoidPayment, lambda cmd, cid: rt.payment.void(cmd, cid), step="void_payment"))
+    define(
+        "payment.refund", persistent(RefundPayment, lambda cmd, cid: rt.payment.refund(cmd, cid), step="refund_payment")
+    )
+    define(
+        "shipping.cancel",
+        persistent(CancelShipment, lambda cmd, cid: rt.shipping.cancel(cmd, cid), step="cancel_shipment"),
+    )
 
     def start(env: Envelope, _message_id: str) -> None:
         plan = rt.order.plan_saga(env.key)
@@ -219,9 +241,10 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
 
     quiet = {"ignore_result": True}
     define("order.start", persistent(Envelope, start), **quiet)
-    define("order.compensate", persistent(CompensateOrder, compensate), **quiet)
-    define("order.cancel", persistent(CancelOrder, rt.order.compensations_done), **quiet)
+    define("order.compensate", persistent(CompensateOrder, compensate, step="compensate_order"), **quiet)
+    define("order.cancel", persistent(CancelOrder, rt.order.compensations_done, step="cancel_order"), **quiet)
     define("order.record", persistent(Envelope, lambda env, _id: rt.order.record(env)), **quiet)
+    define("order.park", persistent(ParkOrder, lambda cmd, _id: rt.order.park(cmd)), **quiet)
     define("inventory.commit", persistent(Envelope, lambda env, _id: rt.inventory.on_order_completed(env)), **quiet)
     define(
         "inventory.release_on_cancel",

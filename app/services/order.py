@@ -36,6 +36,7 @@ from app.commands import (
     CapturePayment,
     CompensateOrder,
     CompleteOrder,
+    ParkOrder,
     PlaceOrder,
     ReserveInventory,
     ScheduleShipment,
@@ -64,7 +65,7 @@ orders = Table(
     metadata,
     Column("order_id", String(64), primary_key=True),
     Column("customer_id", String(64), nullable=False),
-    Column("status", String(16), nullable=False, index=True),  # PENDING, COMPLETED, CANCELLED
+    Column("status", String(16), nullable=False, index=True),  # PENDING, COMPLETED, CANCELLED, NEEDS_ATTENTION
     Column("reason", String(32)),
     Column("total_cents", Integer, nullable=False),
     Column("currency", String(3), nullable=False),
@@ -75,6 +76,7 @@ orders = Table(
     Column("steps", JSON, nullable=False),  # step name -> done / failed / ...
     Column("failed_step", String(64)),
     Column("failure_reason", String(32)),
+    Column("attention", String(255)),  # why a NEEDS_ATTENTION saga is parked
     Column("compensated", Boolean, nullable=False),
     Column("saga_dispatched_at", DateTime(timezone=True)),
     Column("compensation_dispatched_at", DateTime(timezone=True)),
@@ -124,6 +126,12 @@ STEP_EVENTS: dict[str, tuple[str, str]] = {
 
 TERMINAL = frozenset({"COMPLETED", "CANCELLED"})
 
+#: Not finished, and not moving on its own: a compensation gave up; an operator must act.
+NEEDS_ATTENTION = "NEEDS_ATTENTION"
+
+#: Still in flight (possibly parked): a cancellation may still land.
+OPEN = frozenset({"PENDING", NEEDS_ATTENTION})
+
 
 @dataclass(frozen=True)
 class TimelineEntry:
@@ -140,6 +148,7 @@ class OrderView:
     customer_id: str
     status: str
     reason: str | None
+    attention: str | None
     total_cents: int
     currency: str
     lines: tuple[Line, ...]
@@ -407,11 +416,51 @@ class OrderService:
             if env.event_type in FAILURE_EVENTS and row.failure_reason is None:
                 values["failure_reason"] = str(env.payload["reason"])
             uow.conn.execute(update(orders).where(orders.c.order_id == env.key).values(**values))
-            if row.status == "PENDING":
+            if row.status in OPEN:
                 self._maybe_cancel(uow, env.key)
             return True
 
         return self.db.run(work, causation_id=env.event_id)
+
+    def park(self, cmd: ParkOrder) -> bool:
+        """A compensation gave up: mark the saga NEEDS_ATTENTION with why. Never silent."""
+
+        def work(uow: UnitOfWork) -> bool:
+            row = _order_row(uow, cmd.order_id)
+            if row.status in TERMINAL:
+                return False
+            uow.conn.execute(
+                update(orders)
+                .where(orders.c.order_id == cmd.order_id)
+                .values(status=NEEDS_ATTENTION, attention=f"{cmd.step}: {cmd.reason}"[:255], updated_at=utcnow())
+            )
+            return True
+
+        return self.db.run(work)
+
+    def resume(self, order_id: str) -> bool:
+        """An operator retries a parked saga: it is PENDING again until it finishes."""
+
+        def work(uow: UnitOfWork) -> bool:
+            row = _order_row(uow, order_id)
+            if row.status != NEEDS_ATTENTION:
+                return False
+            uow.conn.execute(
+                update(orders).where(orders.c.order_id == order_id).values(status="PENDING", updated_at=utcnow())
+            )
+            return True
+
+        return self.db.run(work)
+
+    def needing_attention(self) -> list[OrderView]:
+        ids = self.db.query(
+            lambda c: c.execute(
+                select(orders.c.order_id).where(orders.c.status == NEEDS_ATTENTION).order_by(orders.c.updated_at)
+            )
+            .scalars()
+            .all()
+        )
+        return [self.view(order_id) for order_id in ids]
 
     # --- reading --------------------------------------------------------------------
 
@@ -441,6 +490,7 @@ class OrderService:
                 customer_id=row.customer_id,
                 status=row.status,
                 reason=row.reason,
+                attention=row.attention,
                 total_cents=row.total_cents,
                 currency=row.currency,
                 lines=lines,
@@ -470,13 +520,20 @@ class OrderService:
 
     def _maybe_cancel(self, uow: UnitOfWork, order_id: str) -> str:
         row = _order_row(uow, order_id)
-        if row.status != "PENDING" or not row.compensated or row.failure_reason is None:
+        if row.status not in OPEN or not row.compensated or row.failure_reason is None:
             return str(row.status)
         now = utcnow()
         uow.conn.execute(
             update(orders)
             .where(orders.c.order_id == order_id)
-            .values(status="CANCELLED", reason=row.failure_reason, saga_state="DONE", updated_at=now, finished_at=now)
+            .values(
+                status="CANCELLED",
+                reason=row.failure_reason,
+                attention=None,
+                saga_state="DONE",
+                updated_at=now,
+                finished_at=now,
+            )
         )
         self._emit(uow, OrderCancelled(order_id=order_id, reason=row.failure_reason))
         return "CANCELLED"

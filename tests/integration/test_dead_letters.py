@@ -145,3 +145,25 @@ def test_malformed_messages_are_dead_lettered_at_once_and_the_workers_go_on(api:
     assert all(d.attempts == 1 for d in letters)
     report = audit(rt, settle=10)
     assert report.clean and report.dead_letters == 12, report.violations
+
+
+def test_a_compensation_that_cannot_finish_parks_the_saga(quick: System, outage: pytest.MonkeyPatch) -> None:
+    rt = quick.runtime
+    outage.setattr(rt.inventory, "release", db_down)  # the stock cannot be given back
+    order_id = app.place_order("c", [{"sku": "LAMP-01", "qty": 3}], payment_token="tok_declined")
+    view = app.wait_for_order(order_id, timeout=60)
+    assert view.status == "NEEDS_ATTENTION"
+    assert view.attention == "release_inventory: inventory_unavailable"
+    assert [v.order_id for v in rt.order.needing_attention()] == [order_id]
+    (letter,) = DeadLetterOps(rt).letters(order_id=order_id)
+    assert letter.task == "inventory.release"
+    report = audit(rt)
+    assert any("NEEDS_ATTENTION" in v and "release_inventory" in v for v in report.violations)
+
+    outage.undo()  # the cause is fixed; the operator retries
+    DeadLetterOps(rt).retry_order(order_id)
+    wait_until(lambda: app.get_order(order_id).status == "CANCELLED", timeout=30, what="the order cancelled")
+    view = app.get_order(order_id)
+    assert (view.reason, view.attention) == ("card_declined", None)
+    assert rt.order.needing_attention() == []
+    assert audit(rt, settle=10).clean
