@@ -66,24 +66,32 @@ class Relay:
         return len(pending)
 
 
-class OutboxSweeper(threading.Thread):
-    """Calls :meth:`Relay.sweep` for some services every ``interval`` seconds."""
+class Every(threading.Thread):
+    """Calls ``work()`` every ``interval`` seconds in a daemon thread until stopped; a
+    failure is logged and the next round tries again."""
 
-    def __init__(self, relay: Relay, services: tuple[str, ...], interval: float, grace: float) -> None:
-        super().__init__(name="outbox-sweeper", daemon=True)
-        self.relay = relay
-        self.services = services
+    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
+        super().__init__(name=name, daemon=True)
         self.interval = interval
-        self.grace = grace
+        self.work = work
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.wait(self.interval):
-            for service in self.services:
-                try:
-                    self.relay.sweep(service, self.grace)
-                except Exception:  # keep sweeping; the next round tries again
-                    log.warning("outbox sweep of %s failed", service, exc_info=True)
+            try:
+                self.work()
+            except Exception:  # keep going; the next round tries again
+                log.warning("%s failed; trying again in %ss", self.name, self.interval, exc_info=True)
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def outbox_sweeper(relay: Relay, services: tuple[str, ...], interval: float, grace: float) -> Every:
+    """A thread that re-publishes the services' stranded events (see :meth:`Relay.sweep`)."""
+
+    def sweep() -> None:
+        for service in services:
+            relay.sweep(service, grace)
+
+    return Every("outbox-sweeper", interval, sweep)

@@ -53,8 +53,15 @@ def _sig(app: Celery, task: str, body: dict[str, Any], **options: Any) -> Signat
     return app.signature(task, args=(body,), immutable=True, **options)
 
 
-def build_saga(app: Celery, saga: Saga, order_id: str, commands: dict[str, dict[str, Any]]) -> Signature:
-    """The whole forward path of one saga, with its error callbacks."""
+def build_saga(
+    app: Celery,
+    saga: Saga,
+    order_id: str,
+    commands: dict[str, dict[str, Any]],
+    done: frozenset[str] = frozenset(),
+) -> Signature:
+    """The forward path of one saga, with its error callbacks — from the first phase with a
+    step not ``done`` (a re-driven saga resumes there; done steps would be no-ops anyway)."""
 
     def step_sig(step: Step) -> Signature:
         return _sig(app, step.task, commands[step.name], task_id=f"{order_id}.{step.name}")
@@ -70,6 +77,8 @@ def build_saga(app: Celery, saga: Saga, order_id: str, commands: dict[str, dict[
     parts: list[Signature] = []
     phases = list(saga.phases)
     index = 0
+    while index < len(phases) - 1 and all(step.name in done for step in phases[index]):
+        index += 1
     while index < len(phases):
         phase = phases[index]
         if len(phase) == 1:

@@ -237,6 +237,22 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(_args: argparse.Namespace) -> int:
+    from app.sweeper import redrive_overdue
+
+    rt = _runtime()
+    try:
+        report = redrive_overdue(rt, rt.celery)
+    finally:
+        rt.close()
+    print(f"sweep: {report}")
+    for order_id in report.resumed:
+        print(f"  resumed     {order_id}")
+    for order_id in report.compensated:
+        print(f"  compensated {order_id}")
+    return 0
+
+
 def cmd_db_init(_args: argparse.Namespace) -> int:
     from app.runtime import Runtime
 
@@ -323,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_purge.add_argument("id", nargs="?", help="only this one")
     dlq_purge.add_argument("--yes", action="store_true", help="confirm dropping every dead letter")
     dlq_purge.set_defaults(func=cmd_dlq_purge)
+
+    sweep = sub.add_parser("sweep", help="re-drive sagas past their deadline, once (beat does it periodically)")
+    sweep.set_defaults(func=cmd_sweep)
 
     db = sub.add_parser("db", help="database chores")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -37,6 +37,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -291,12 +292,15 @@ class Database:
                 return work(conn)
 
     def create_schema(self) -> None:
-        """Create this service's tables if they are missing (safe from many processes)."""
+        """Create this service's tables if they are missing, and add columns a newer version
+        added (nullable or defaulted ones; anything else is refused with what to do).
+        Safe from many processes at once."""
         with self._schema_lock, self.engine.connect() as conn:
             with conn.begin():
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
                 self.metadata.create_all(conn, checkfirst=True)
+                _add_missing_columns(conn, self.metadata)
 
     def unpublished(self, older_than_seconds: float, limit: int = 500) -> list[Envelope]:
         events = self.tables.events
@@ -325,6 +329,26 @@ class Database:
         if order_id is not None:
             query = query.where(events.c.key == order_id)
         return [row_to_envelope(r) for r in self.query(lambda c: c.execute(query).all())]
+
+
+def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(
+                    f"table {table.name} lacks column {column.name}, which cannot be added in place; "
+                    "recreate the database (embedded: delete the SQLite file under CHECKOUT_DATA_DIR)"
+                )
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            if column.server_default is not None:
+                ddl += f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+            if not column.nullable:
+                ddl += " NOT NULL"
+            conn.exec_driver_sql(ddl)
 
 
 def _retryable(exc: OperationalError) -> bool:

@@ -143,14 +143,19 @@ class DeadLetterStore:
             raise KeyError(f"{len(matches)} dead letters start with {id_or_prefix!r}; give more of the id")
         return matches[0]
 
-    def set_status(self, letter: DeadLetter, status: str) -> None:
+    def set_status(self, letter: DeadLetter, status: str, *, only_if: str | None = None) -> bool:
+        """Change a letter's status; with ``only_if``, only from that status (returns whether
+        it changed), so two operators cannot redrive one letter twice."""
         db = self.databases[letter.service]
         table = db.tables.dead_letters
 
-        def work(uow: UnitOfWork) -> None:
-            uow.conn.execute(update(table).where(table.c.id == letter.id).values(status=status))
+        def work(uow: UnitOfWork) -> bool:
+            query = update(table).where(table.c.id == letter.id)
+            if only_if is not None:
+                query = query.where(table.c.status == only_if)
+            return bool(uow.conn.execute(query.values(status=status)).rowcount)
 
-        db.run(work)
+        return db.run(work)
 
 
 def _row(service: str, row: Any) -> DeadLetter:

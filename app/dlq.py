@@ -50,11 +50,17 @@ class DeadLetterOps:
     def redrive(self, letter_id: str) -> Redriven:
         """Send one dead letter again, retries reset."""
         letter = self.store.get(letter_id)
-        if letter.status != DEAD:
-            raise ValueError(f"dead letter {letter.id} is {letter.status}, not DEAD; nothing to redrive")
-        self._send(letter)
+        # Mark it first: if the message dies again at once, that is a new dead letter,
+        # not an update of this one.
+        if not self.store.set_status(letter, REDRIVEN, only_if=DEAD):
+            status = self.store.get(letter.id).status
+            raise ValueError(f"dead letter {letter.id} is {status}, not DEAD; nothing to redrive")
         removed = self._take_from_broker(letter)
-        self.store.set_status(letter, REDRIVEN)
+        try:
+            self._send(letter)
+        except Exception:
+            self.store.set_status(letter, DEAD)  # still dead: nothing was sent
+            raise
         return Redriven(letter, removed)
 
     def redrive_order(self, order_id: str, *, compensate: bool = False) -> list[DeadLetter]:

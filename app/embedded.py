@@ -1,7 +1,7 @@
 """Embedded mode: the whole system in one process.
 
 One in-process Celery worker per service queue (threads pool) on kombu's ``memory://``
-transport, SQLite, and an outbox sweeper thread. The workers are real asynchronous Celery
+transport, SQLite, and threads that sweep the outboxes and overdue sagas. The workers are real asynchronous Celery
 workers — same tasks, queues and canvases as in production — only the transport is
 in-process.
 """
@@ -15,9 +15,10 @@ from typing import Any
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from app.bus import OutboxSweeper
+from app.bus import Every, outbox_sweeper
 from app.logs import quiet_expected_failures
 from app.runtime import Runtime
+from app.sweeper import redrive_overdue
 from config.settings import SERVICES
 
 log = logging.getLogger("checkout.embedded")
@@ -43,9 +44,12 @@ class EmbeddedWorkers:
             raise RuntimeError("embedded workers need CHECKOUT_BROKER_URL=memory://")
         self.rt = rt
         self.workers: list[tuple[_Worker, threading.Thread]] = []
-        self.sweeper = OutboxSweeper(
-            rt.relay, SERVICES, rt.settings.outbox_sweep_seconds, rt.settings.outbox_grace_seconds
-        )
+        settings = rt.settings
+        # the jobs that Celery beat and each worker's timer do in multi-process mode
+        self.sweepers: list[Every] = [
+            outbox_sweeper(rt.relay, SERVICES, settings.outbox_sweep_seconds, settings.outbox_grace_seconds),
+            Every("saga-sweeper", settings.sweep_interval_seconds, lambda: redrive_overdue(rt, rt.celery)),
+        ]
 
     def start(self, timeout: float = 30.0) -> None:
         quiet_expected_failures()
@@ -78,10 +82,12 @@ class EmbeddedWorkers:
                     raise RuntimeError(f"embedded worker {worker.hostname} did not start within {timeout}s")
         finally:
             queues.select(list(SERVICES))
-        self.sweeper.start()
+        for sweeper in self.sweepers:
+            sweeper.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.sweeper.stop()
+        for sweeper in self.sweepers:
+            sweeper.stop()
         if not self.workers:
             return
         worker_state.should_terminate = 0

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
-from app.bus import OutboxSweeper, Relay
+from app.bus import Relay, outbox_sweeper
 from app.canvas import check_canvas_settings
 from app.catalog import CATALOG
 from app.db import Database, make_engine
@@ -134,7 +134,7 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     @signals.worker_ready.connect(weak=False)
     def _start_sweeper(**_: Any) -> None:
         settings = rt.settings
-        sweeper["thread"] = OutboxSweeper(
+        sweeper["thread"] = outbox_sweeper(
             rt.relay, (service,), settings.outbox_sweep_seconds, settings.outbox_grace_seconds
         )
         sweeper["thread"].start()

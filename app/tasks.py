@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.canvas import build_compensation, build_saga
@@ -238,6 +238,27 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         log.info("order %s: %s failed; compensating", cmd.order_id, cmd.failed_step)
         build_compensation(app, rt.saga, plan.order_id, plan.compensations, plan.cancel_command).apply_async()
         rt.order.compensation_dispatched(plan.order_id)
+
+    def sweep(self: Task) -> str:
+        from app.sweeper import redrive_overdue
+
+        return str(redrive_overdue(rt, app))
+
+    define("order.sweep", sweep, ignore_result=True)
+
+    class Republish(BaseModel):
+        order_id: str = Field(min_length=1, max_length=64)
+
+    def republisher(service: str) -> Callable[[Any, str], int]:
+        def send_again(cmd: Any, _message_id: str) -> int:
+            events = rt.databases[service].log(cmd.order_id)
+            rt.relay.publish(service, events)
+            return len(events)
+
+        return send_again
+
+    for service in rt.databases:
+        define(f"{service}.republish", persistent(Republish, republisher(service)), ignore_result=True)
 
     quiet = {"ignore_result": True}
     define("order.start", persistent(Envelope, start), **quiet)

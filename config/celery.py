@@ -89,6 +89,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,
+        # `celery -A workers.order beat` runs the saga sweeper (app/sweeper.py)
+        "beat_schedule": {"sweep-overdue-sagas": {"task": "order.sweep", "schedule": settings.sweep_interval_seconds}},
         "timezone": "UTC",
     }
     transport: dict[str, Any] = {}

@@ -57,7 +57,21 @@ class Settings(BaseSettings):
     outbox_grace_seconds: float = Field(
         2.0, ge=0, le=3600, description="Age an unpublished event must reach before the sweep takes it."
     )
-    saga_deadline_seconds: float = Field(300.0, gt=0, description="A saga not finished by then is stuck.")
+    saga_deadline_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A saga not finished this long after it started (or was last re-driven) is re-driven "
+        "by the sweeper from its recorded state.",
+    )
+    saga_give_up_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="A saga still running this long after placement is compensated by the sweeper "
+        "(reason deadline_exceeded) instead of being re-driven again.",
+    )
+    sweep_interval_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How often the sweeper (Celery beat, or a thread when embedded) runs."
+    )
     visibility_timeout_seconds: int = Field(
         600,
         ge=10,
@@ -78,6 +92,16 @@ class Settings(BaseSettings):
         scheme = self.broker_url.split("://", 1)[0]
         if scheme not in {"memory", "redis", "rediss", "amqp", "amqps", "pyamqp"}:
             raise ValueError(f"CHECKOUT_BROKER_URL: unsupported scheme {scheme!r}; use memory://, redis:// or amqp://")
+        return self
+
+    @model_validator(mode="after")
+    def _give_up_after_the_deadline(self) -> Settings:
+        if self.saga_give_up_seconds <= self.saga_deadline_seconds:
+            raise ValueError(
+                f"CHECKOUT_SAGA_GIVE_UP_SECONDS={self.saga_give_up_seconds:g} must exceed "
+                f"CHECKOUT_SAGA_DEADLINE_SECONDS={self.saga_deadline_seconds:g}: a saga is re-driven at its "
+                "deadline and compensated only after that"
+            )
         return self
 
     @model_validator(mode="after")

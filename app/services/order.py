@@ -77,6 +77,7 @@ orders = Table(
     Column("failed_step", String(64)),
     Column("failure_reason", String(32)),
     Column("attention", String(255)),  # why a NEEDS_ATTENTION saga is parked
+    Column("redrives", Integer, nullable=False, server_default="0"),  # times the sweeper re-drove it
     Column("compensated", Boolean, nullable=False),
     Column("saga_dispatched_at", DateTime(timezone=True)),
     Column("compensation_dispatched_at", DateTime(timezone=True)),
@@ -183,6 +184,17 @@ class CompensationPlan:
     order_id: str
     compensations: tuple[Compensation, ...]
     cancel_command: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Redrive:
+    """How the sweeper re-drives an overdue saga: resume its forward path from the first
+    unfinished step, or (past the give-up limit, or already compensating) compensate."""
+
+    order_id: str
+    resume: SagaPlan | None = None
+    done: frozenset[str] = frozenset()
+    compensation: CompensationPlan | None = None
 
 
 class OrderService:
@@ -421,6 +433,89 @@ class OrderService:
             return True
 
         return self.db.run(work, causation_id=env.event_id)
+
+    def overdue(self, limit: int = 500) -> list[str]:
+        """Sagas still running past their deadline, oldest first."""
+        now = utcnow()
+        return list(
+            self.db.query(
+                lambda c: c.execute(
+                    select(orders.c.order_id)
+                    .where(orders.c.status == "PENDING", orders.c.deadline_at <= now)
+                    .order_by(orders.c.deadline_at)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+        )
+
+    def unsettled(self, limit: int = 500) -> list[str]:
+        """Finished orders whose story may have a gap: a completed order that has not seen
+        every step and its stock committed by its deadline (looked at again each deadline),
+        and every cancelled order once. Their events are worth sending again: a lost
+        delivery of OrderCompleted, say, would leave the stock reserved for ever."""
+        now = utcnow()
+        complete = {step.name for step in self.saga.steps if step.service != "order"} | {"commit_inventory"}
+
+        def work(uow: UnitOfWork) -> list[str]:
+            rows = uow.conn.execute(
+                select(orders.c.order_id, orders.c.status, orders.c.steps)
+                .where(orders.c.status.in_(TERMINAL), orders.c.deadline_at <= now)
+                .limit(limit)
+            ).all()
+            again, done = [], []
+            for row in rows:
+                steps = row.steps or {}
+                if row.status == "COMPLETED" and all(steps.get(name) == "done" for name in complete):
+                    done.append(row.order_id)
+                elif row.status == "COMPLETED":
+                    again.append(row.order_id)
+                else:
+                    done.append(row.order_id)  # cancelled: one pass
+            for ids, deadline in ((again, now + self.deadline), (done, now + timedelta(days=3650))):
+                if ids:
+                    uow.conn.execute(update(orders).where(orders.c.order_id.in_(ids)).values(deadline_at=deadline))
+            return again + [r.order_id for r in rows if r.status == "CANCELLED"]
+
+        return self.db.run(work)
+
+    def plan_redrive(self, order_id: str, give_up_after: timedelta) -> Redrive | None:
+        """Decide, from what was recorded, how to move an overdue saga on; push its deadline
+        out so it is re-driven at most once per deadline."""
+
+        def work(uow: UnitOfWork) -> Redrive | None:
+            row = _order_row(uow, order_id)
+            now = utcnow()
+            if row.status != "PENDING" or as_utc(row.deadline_at) > now:
+                return None
+            values: dict[str, Any] = {
+                "deadline_at": now + self.deadline,
+                "redrives": row.redrives + 1,
+                "updated_at": now,
+            }
+            give_up = now - as_utc(row.created_at) >= give_up_after
+            if row.saga_state == "COMPENSATING" or give_up:
+                failed_step = row.failed_step or self.saga.steps[-1].name
+                values.update(
+                    saga_state="COMPENSATING",
+                    failed_step=failed_step,
+                    failure_reason=row.failure_reason or "deadline_exceeded",
+                    compensation_dispatched_at=now,
+                )
+                uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
+                plan = CompensationPlan(
+                    order_id,
+                    self.saga.compensations_through(failed_step),
+                    CancelOrder(order_id=order_id).model_dump(mode="json"),
+                )
+                return Redrive(order_id, compensation=plan)
+            values["saga_dispatched_at"] = now
+            uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
+            done = frozenset(step for step, status in (row.steps or {}).items() if status == "done")
+            return Redrive(order_id, resume=SagaPlan(order_id, _step_commands(uow, row)), done=done)
+
+        return self.db.run(work)
 
     def park(self, cmd: ParkOrder) -> bool:
         """A compensation gave up: mark the saga NEEDS_ATTENTION with why. Never silent."""

@@ -6,6 +6,11 @@ One test per broker places 200 orders mixing every row of the test vocabulary
 one ended as its input predicts, runs the auditor, and reports the throughput in sagas per
 second. One more test does the same with 60 orders on Redis with SQLite instead: the four
 worker processes and this one share one SQLite file (WAL, ``BEGIN IMMEDIATE``, busy timeout).
+
+Every run also checks the dead letters: each ``tok_down`` order leaves exactly one (its
+exhausted ``payment.authorize``), no other order any; on RabbitMQ that message really went
+through the broker's dead-letter exchange into ``payment.dlq``, and the other ``.dlq`` queues
+stay empty. The helpers here are shared with ``test_dead_letters.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +30,12 @@ from sqlalchemy import select
 
 from app.adapters.fake_gateway import FLAKY_FAILURES, ledger
 from app.api import System, validate_order
-from app.audit import audit
+from app.audit import Report, audit
 from app.catalog import CATALOG
+from app.deadletters import DEAD, DeadLetter
 from app.demo import CASES
-from config.celery import EXCHANGE
+from app.dlq import DeadLetterOps
+from config.celery import EXCHANGE, dead_letter_queue_name
 from config.settings import SERVICES
 
 from tests.conftest import wait_until
@@ -107,12 +115,20 @@ def order_plan(vocabulary: tuple[Row, ...] = VOCABULARY, seed: int = 20240601) -
     return plan
 
 
-def place_all(system: System, plan: list[tuple[Row, dict[str, Any]]], customer: str) -> list[Placed]:
+def place_all(
+    system: System,
+    plan: list[tuple[Row, dict[str, Any]]],
+    customer: str,
+    after_each: Callable[[int], None] | None = None,
+) -> list[Placed]:
+    """Place every order of ``plan``; ``after_each(n)`` runs after the n-th (0-based) one."""
     placed = []
     for n, (row, args) in enumerate(plan):
         order_id, created = system.runtime.order.place(validate_order(f"{customer}-{n}", **args))
         assert created, f"order {n} ({row.label}) was not created"
         placed.append(Placed(order_id, row, args["items"]))
+        if after_each is not None:
+            after_each(n)
     return placed
 
 
@@ -207,7 +223,17 @@ def run_mixed_orders(
     record_property("saga_wall_seconds", round(wall, 3))
     record_property("sagas_per_second", round(rate, 2))
 
-    # Every order ended as its input predicts.
+    assert_outcomes(system, placed, workers)
+    report = assert_audit_clean(system, placed, workers)
+    assert_tok_down_dead_letters(broker, system, placed, workers, report)
+    assert_namespaced(broker, placed)
+    assert not workers.exited(), f"worker(s) died during the run: {workers.exited()}\n{workers.tails()}"
+    return placed
+
+
+def assert_outcomes(system: System, placed: list[Placed], workers: Workers) -> None:
+    """Every order ended as its input predicts, and the transient rows really went through
+    retries (the gateway's own books)."""
     wrong = []
     for p in placed:
         view = system.runtime.order.view(p.order_id)
@@ -222,7 +248,6 @@ def run_mixed_orders(
             wrong.append(f"{p.order_id} ({p.row.label}): {view.status} but no finished_at")
     assert not wrong, f"{len(wrong)} order(s) ended wrongly:\n" + "\n".join(wrong[:20]) + f"\n{workers.tails()}"
 
-    # The transient rows really went through retries (the gateway's own books).
     attempts = authorize_attempts(system)
     retry_max = system.runtime.settings.retry_max
     for p in placed:
@@ -237,18 +262,89 @@ def run_mixed_orders(
                 f"expected {retry_max + 1} (first try + {retry_max} retries)"
             )
 
-    # The invariants hold over every service's tables, and they hold only this test's orders.
+
+def assert_audit_clean(system: System, placed: list[Placed], workers: Workers) -> Report:
+    """The invariants hold over every service's tables, and they hold only these orders."""
     report = audit(system.runtime, settle=AUDIT_SETTLE)
     assert report.clean, f"auditor: {report.summary()}\n" + "\n".join(report.violations[:50]) + f"\n{workers.tails()}"
-    expected_statuses: Counter[str] = Counter()
-    for p in placed:
-        expected_statuses[p.row.status] += 1
-    assert report.orders == total, f"the database holds {report.orders} orders, not this run's {total}"
+    expected_statuses: Counter[str] = Counter(p.row.status for p in placed)
+    assert report.orders == len(placed), f"the database holds {report.orders} orders, not this run's {len(placed)}"
     assert report.statuses == expected_statuses, f"statuses {dict(report.statuses)} != {dict(expected_statuses)}"
+    return report
 
-    assert_namespaced(broker, placed)
-    assert not workers.exited(), f"worker(s) died during the run: {workers.exited()}\n{workers.tails()}"
-    return placed
+
+def expected_dlq_depths(counts: Counter[str]) -> dict[str, int]:
+    """``{"<service>.dlq": n}`` for every service, from per-service counts (missing = 0)."""
+    return {dead_letter_queue_name(service): counts[service] for service in SERVICES}
+
+
+def wait_dlq_depths(broker: BrokerNamespace, system: System, counts: Counter[str], workers: Workers) -> dict[str, int]:
+    """RabbitMQ: until each ``<service>.dlq`` holds ``counts[service]`` messages (a rejected
+    message reaches it through the broker's dead-letter exchange, a moment after the
+    reject). Other brokers have no such queues."""
+    ops = DeadLetterOps(system.runtime)
+    if broker.kind != "rabbitmq":
+        assert ops.broker_depths() == {}, "only RabbitMQ has dead-letter queues"
+        return {}
+    expected = expected_dlq_depths(counts)
+    last: dict[str, dict[str, int]] = {}
+
+    def reached() -> bool:
+        last["depths"] = ops.broker_depths()
+        return last["depths"] == expected
+
+    wait_until(
+        reached,
+        timeout=30,
+        interval=0.2,
+        what=f"dead-letter queue depths {expected}",
+        diagnostics=lambda: f"depths now {last.get('depths')}\n{workers.tails()}",
+    )
+    return last["depths"]
+
+
+def letters_by_order(letters: list[DeadLetter]) -> dict[str | None, list[DeadLetter]]:
+    grouped: dict[str | None, list[DeadLetter]] = defaultdict(list)
+    for letter in letters:
+        grouped[letter.order_id].append(letter)
+    return grouped
+
+
+def assert_tok_down_dead_letters(
+    broker: BrokerNamespace, system: System, placed: list[Placed], workers: Workers, report: Report
+) -> None:
+    """Each tok_down order left exactly one dead letter — its exhausted payment.authorize,
+    tried retry_max + 1 times — and no other order (nor any message without one) left any."""
+    rt = system.runtime
+    retry_max = rt.settings.retry_max
+    down = {p.order_id for p in placed if p.row.label == "tok_down"}
+
+    def enough() -> tuple[list[DeadLetter]] | None:
+        found = rt.dead_letters.find(status=DEAD)
+        return (found,) if len(found) >= len(down) else None
+
+    # The step gives up (the saga compensates) just before the message is dead-lettered.
+    (letters,) = wait_until(
+        enough,
+        timeout=30,
+        what=f"{len(down)} dead letter(s), one per tok_down order",
+        diagnostics=lambda: f"dead letters: {[(d.task, d.order_id) for d in rt.dead_letters.find()]}",
+    )
+    grouped = letters_by_order(letters)
+    strays = {oid: [(d.task, d.reason) for d in ds] for oid, ds in grouped.items() if oid not in down}
+    assert not strays, f"dead letters of orders that are not tok_down: {strays}\n{workers.tails()}"
+    for order_id in sorted(down):
+        mine = grouped.get(order_id, [])
+        assert len(mine) == 1, f"tok_down order {order_id}: {len(mine)} dead letters, expected 1: {mine}"
+        (letter,) = mine
+        assert (letter.queue, letter.task, letter.status) == ("payment", "payment.authorize", DEAD), letter
+        assert "payment_unavailable" in letter.reason, f"{order_id}: dead letter reason {letter.reason!r}"
+        assert letter.attempts == retry_max + 1, (
+            f"{order_id}: dead letter counts {letter.attempts} attempts, expected {retry_max + 1}"
+        )
+        assert letter.message_key == f"{order_id}.authorize_payment", letter.message_key
+    assert report.dead_letters == len(down), f"auditor counted {report.dead_letters} dead letters, not {len(down)}"
+    wait_dlq_depths(broker, system, Counter({"payment": len(down)}), workers)
 
 
 @pytest.mark.brokers

@@ -95,3 +95,11 @@ def test_wire_settings_are_json_only_and_at_least_once() -> None:
     assert conf["task_serializer"] == conf["result_serializer"] == "json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
+
+
+def test_a_resumed_saga_starts_at_its_first_unfinished_step(celery_app: Celery) -> None:
+    done = frozenset({"reserve_inventory", "authorize_payment"})
+    canvas = build_saga(celery_app, CHECKOUT, ORDER, COMMANDS, done)
+    assert [t.task for t in canvas.tasks] == ["shipping.schedule", "payment.capture", "order.complete"]
+    partly = build_saga(celery_app, CHECKOUT, ORDER, COMMANDS, frozenset({"reserve_inventory"}))
+    assert isinstance(partly.tasks[0], _chord)  # a phase with a step left runs whole again

@@ -303,3 +303,66 @@ def test_record_is_once_per_event(services: Services) -> None:
     assert services.order.record(env) is True
     assert services.order.record(env) is False
     assert [e.type for e in services.order.view(order_id).events] == ["OrderPlaced", "PaymentDeclined"]
+
+
+# --- the sweeper's decisions ------------------------------------------------------------
+
+
+def _overdue(svc: Services, order_id: str, age_seconds: float) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.db import utcnow
+    from app.services.order import orders
+
+    now = utcnow()
+    svc.dbs["order"].run(
+        lambda uow: uow.conn.execute(
+            update(orders)
+            .where(orders.c.order_id == order_id)
+            .values(created_at=now - timedelta(seconds=age_seconds), deadline_at=now - timedelta(seconds=1))
+        )
+    )
+
+
+def test_a_saga_within_its_deadline_is_left_alone(services: Services) -> None:
+    from datetime import timedelta
+
+    order_id = place(services)
+    assert services.order.overdue() == []
+    assert services.order.plan_redrive(order_id, timedelta(seconds=900)) is None
+
+
+def test_an_overdue_saga_resumes_after_its_done_steps(services: Services) -> None:
+    from datetime import timedelta
+
+    from app.events import InventoryReserved
+
+    order_id = place(services)
+    services.order.record(Envelope.wrap(InventoryReserved(order_id=order_id, lines=(Line(sku="MUG-01", qty=2),))))
+    _overdue(services, order_id, age_seconds=400)
+    assert services.order.overdue() == [order_id]
+    plan = services.order.plan_redrive(order_id, timedelta(seconds=900))
+    assert plan is not None and plan.resume is not None and plan.compensation is None
+    assert plan.done == {"reserve_inventory"}
+    assert services.order.overdue() == []  # its deadline moved on
+    assert services.order.plan_redrive(order_id, timedelta(seconds=900)) is None
+
+
+def test_a_saga_past_the_give_up_limit_is_compensated(services: Services) -> None:
+    from datetime import timedelta
+
+    order_id = place(services)
+    _overdue(services, order_id, age_seconds=1000)
+    plan = services.order.plan_redrive(order_id, timedelta(seconds=900))
+    assert plan is not None and plan.compensation is not None and plan.resume is None
+    assert [c.name for c in plan.compensation.compensations] == [
+        "refund_payment",
+        "cancel_shipment",
+        "void_payment",
+        "release_inventory",
+    ]
+    services.order.compensations_done(CancelOrder(order_id=order_id))
+    view = services.order.view(order_id)
+    assert (view.status, view.reason) == ("CANCELLED", "deadline_exceeded")

@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
     ("overrides", "variable"),
     [
         ({"broker_url": "redis://h", "retry_cap_seconds": 600}, "CHECKOUT_RETRY_CAP_SECONDS"),
-        ({"broker_url": "redis://h", "saga_deadline_seconds": 900}, "CHECKOUT_SAGA_DEADLINE_SECONDS"),
+        (
+            {"broker_url": "redis://h", "saga_deadline_seconds": 900, "saga_give_up_seconds": 1800},
+            "CHECKOUT_SAGA_DEADLINE_SECONDS",
+        ),
         ({"broker_url": "amqp://h", "retry_cap_seconds": 1800}, "CHECKOUT_RETRY_CAP_SECONDS"),
         (
             {"broker_url": "amqp://h", "rabbitmq_consumer_timeout_seconds": 60, "saga_deadline_seconds": 120},
@@ -36,8 +39,15 @@ def test_delays_the_broker_would_not_wait_for_are_refused(overrides: dict[str, o
 
 
 def test_the_same_delays_are_fine_where_they_are_safe() -> None:
-    Settings(broker_url="redis://h", saga_deadline_seconds=900, visibility_timeout_seconds=1200)
-    Settings(broker_url="memory://", saga_deadline_seconds=86400)
+    Settings(
+        broker_url="redis://h", saga_deadline_seconds=900, saga_give_up_seconds=1800, visibility_timeout_seconds=1200
+    )
+    Settings(broker_url="memory://", saga_deadline_seconds=86400, saga_give_up_seconds=172800)
+
+
+def test_giving_up_must_come_after_the_deadline() -> None:
+    with pytest.raises(ValidationError, match="CHECKOUT_SAGA_GIVE_UP_SECONDS"):
+        Settings(saga_deadline_seconds=600, saga_give_up_seconds=300)
 
 
 def test_canvas_settings_are_checked() -> None:

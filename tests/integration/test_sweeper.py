@@ -1,0 +1,85 @@
+"""Lost messages: the saga sweeper brings every order to an end from its recorded state."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+import app
+import app.api
+from app.api import System
+from app.audit import audit
+from app.bus import Publisher
+from app.services.order import orders
+from config.settings import SERVICES, Settings
+from tests.conftest import purge_memory_broker, wait_until
+
+
+class Lossy:
+    """Acknowledges the first ``lose`` order.start messages and never delivers them."""
+
+    def __init__(self, inner: Publisher, lose: int) -> None:
+        self.inner = inner
+        self.left = lose
+        self.lock = threading.Lock()
+
+    def send(self, task: str, body: dict[str, Any], *, message_id: str, correlation_id: str) -> None:
+        with self.lock:
+            if task == "order.start" and self.left > 0:
+                self.left -= 1
+                return
+        self.inner.send(task, body, message_id=message_id, correlation_id=correlation_id)
+
+
+@pytest.fixture
+def swept(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
+    purge_memory_broker()
+    system = System(
+        settings.model_copy(
+            update={"saga_deadline_seconds": 1.5, "saga_give_up_seconds": 60, "sweep_interval_seconds": 0.5}
+        )
+    ).start()
+    monkeypatch.setattr(app.api, "_system", system)
+    yield system
+    system.stop()
+    purge_memory_broker()
+
+
+def redrives(system: System) -> dict[str, int]:
+    db = system.runtime.databases["order"]
+    return dict(db.query(lambda c: c.execute(select(orders.c.order_id, orders.c.redrives)).all()))  # type: ignore[arg-type]
+
+
+def test_lost_messages_are_recovered_by_the_sweeper(swept: System) -> None:
+    swept.runtime.relay.publisher = Lossy(swept.runtime.relay.publisher, lose=4)
+    tokens = ["tok_ok", "tok_declined", "tok_ok", "tok_ok", "tok_flaky"] * 4
+    ids = [app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token=t) for t in tokens]
+    # and a purge of every queue while the sagas run: whatever was queued is gone
+    for _ in range(3):
+        purge_memory_broker()
+    views = [app.wait_for_order(order_id, timeout=60) for order_id in ids]
+    for view, token in zip(views, tokens):
+        assert view.status == ("CANCELLED" if token == "tok_declined" else "COMPLETED"), view
+    assert sum(1 for n in redrives(swept).values() if n > 0) >= 4
+    report = audit(swept.runtime, settle=15)
+    assert report.clean, report.violations
+
+
+def test_sweep_command_redrives_once(swept: System) -> None:
+    swept.runtime.relay.publisher = Lossy(swept.runtime.relay.publisher, lose=1)
+    for sweeper in swept.workers.sweepers:  # only the command sweeps in this test
+        sweeper.stop()
+    order_id = app.place_order("c", [{"sku": "BOOK-01", "qty": 1}])
+    assert app.get_order(order_id).status == "PENDING"
+    from app.sweeper import redrive_overdue
+
+    wait_until(lambda: order_id in swept.runtime.order.overdue(), timeout=10, what="the deadline to pass")
+    first = redrive_overdue(swept.runtime, swept.runtime.celery)
+    assert first.resumed == [order_id] and first.compensated == []
+    assert redrive_overdue(swept.runtime, swept.runtime.celery).resumed == []  # deadline pushed out
+    assert app.wait_for_order(order_id, timeout=30).status == "COMPLETED"
+    assert all(q for q in SERVICES)
