@@ -23,36 +23,31 @@ class OrderNotFound(CheckoutError, LookupError):
     """No order has this id."""
 
 
-class BusinessFailure(CheckoutError):
+class _Failure(CheckoutError):
+    """A failure with a ``reason`` (what the order is cancelled with) and a detail."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        # args are the constructor's, so Celery can rebuild the exception from JSON
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class BusinessFailure(_Failure):
     """A fact, not a fault: declined card, no stock, no carrier. Never retried.
 
     ``reason`` is the order's cancellation reason (``out_of_stock``, ``card_declined``, ...).
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        # args are the constructor's, so Celery can rebuild the exception from JSON
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
 
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
-
-
-class TransientFailure(CheckoutError):
+class TransientFailure(_Failure):
     """A fault that may go away: a gateway timeout, a lost connection. Retried with backoff.
 
     ``reason`` is what the saga is cancelled with if the retries run out.
     """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        # args are the constructor's, so Celery can rebuild the exception from JSON
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 class StepFailed(CheckoutError):

@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from kombu import Producer
 from kombu.transport import memory
 
 from app.adapters.fake_carrier import FakeCarrier
@@ -26,6 +27,7 @@ from app.services.inventory import InventoryService
 from app.services.order import OrderService
 from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
+from config.celery import EXCHANGE
 from config.settings import SERVICES, Settings
 
 T = TypeVar("T")
@@ -116,3 +118,18 @@ def wait_until(
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{extra}", pytrace=False)
         time.sleep(interval)
     return result
+
+
+def publish_raw(system: System, body: bytes, headers: dict[str, Any], routing_key: str) -> None:
+    """Publish as a foreign or broken producer would: straight onto the exchange, no Celery."""
+    with system.runtime.celery.connection_for_write() as conn:
+        Producer(conn.default_channel).publish(
+            body,
+            exchange=EXCHANGE,
+            routing_key=routing_key,
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            declare=[EXCHANGE],
+            retry=True,
+        )

@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from kombu import Producer
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
@@ -36,7 +35,6 @@ from app.api import System, validate_order
 from app.audit import audit
 from app.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
 from app.dlq import DeadLetterOps
-from config.celery import EXCHANGE
 from config.settings import SERVICES
 
 from tests.brokers.test_multiprocess import (
@@ -49,7 +47,7 @@ from tests.brokers.test_multiprocess import (
     wait_all_terminal,
     wait_dlq_depths,
 )
-from tests.conftest import wait_until
+from tests.conftest import publish_raw, wait_until
 from tests.support.cluster import BrokerNamespace, Workers, rabbitmq_queues
 
 #: The poison run's orders: every row of the vocabulary but tok_down (~5 s of retries and a
@@ -99,21 +97,6 @@ class Poison:
     task: str | None
     order_id: str | None
     reason_prefix: str
-
-
-def publish_raw(system: System, body: bytes, headers: dict[str, Any], routing_key: str) -> None:
-    """As a foreign or broken producer would: straight onto the exchange, no Celery."""
-    with system.runtime.celery.connection_for_write() as conn:
-        Producer(conn.default_channel).publish(
-            body,
-            exchange=EXCHANGE,
-            routing_key=routing_key,
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
-            declare=[EXCHANGE],
-            retry=True,
-        )
 
 
 def body_key(body: bytes) -> str:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kombu import Producer
 from sqlalchemy.exc import OperationalError
 
 import app
@@ -16,9 +15,8 @@ import app.api
 from app.api import System
 from app.audit import audit
 from app.dlq import OPERATOR_REASON, DeadLetterOps
-from config.celery import EXCHANGE
 from config.settings import Settings
-from tests.conftest import purge_memory_broker, wait_until
+from tests.conftest import publish_raw, purge_memory_broker, wait_until
 
 
 @pytest.fixture
@@ -108,19 +106,6 @@ def test_compensate_an_order_from_its_dead_letters(quick: System, outage: pytest
     assert (view.status, view.reason) == ("CANCELLED", OPERATOR_REASON)
     assert [d.status for d in ops.letters(include_done=True)] == ["RESOLVED"]
     assert audit(rt, settle=10).clean
-
-
-def publish_raw(system: System, body: bytes, headers: dict[str, Any], routing_key: str) -> None:
-    with system.runtime.celery.connection_for_write() as conn:
-        Producer(conn.default_channel).publish(
-            body,
-            exchange=EXCHANGE,
-            routing_key=routing_key,
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
-            declare=[EXCHANGE],
-        )
 
 
 def test_malformed_messages_are_dead_lettered_at_once_and_the_workers_go_on(api: System) -> None:
