@@ -124,8 +124,17 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
 
     @signals.worker_init.connect(weak=False)
     def _prepare(**_: Any) -> None:
-        rt.prepare((service,))
-        rt.declare_queues()
+        # Messages are acknowledged late, which is only safe with the idempotency store (the
+        # service's steps and inbox tables): without it, or without its queues, no start.
+        # (Celery logs and ignores an Exception from a signal handler; SystemExit stops it.)
+        try:
+            rt.prepare((service,))
+            rt.declare_queues()
+        except Exception as exc:
+            raise SystemExit(
+                f"{service} worker not started: its database or broker is not ready ({exc}). "
+                "Check CHECKOUT_DATABASE_URL / CHECKOUT_BROKER_URL and that the server is up."
+            ) from exc
 
     @signals.worker_process_init.connect(weak=False)
     def _child(**_: Any) -> None:

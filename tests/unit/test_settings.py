@@ -82,3 +82,22 @@ def test_a_worker_refuses_to_start_and_says_what_to_change(tmp_path: Path) -> No
     )
     assert done.returncode != 0
     assert "CHECKOUT_RETRY_CAP_SECONDS=900 is not below CHECKOUT_VISIBILITY_TIMEOUT_SECONDS=600" in done.stderr
+
+
+def test_a_worker_without_its_database_does_not_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    env.update(
+        CHECKOUT_BROKER_URL="redis://127.0.0.1:6379/15",
+        CHECKOUT_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none",
+    )
+    celery = Path(sys.executable).parent / "celery"
+    done = subprocess.run(
+        [str(celery), "-A", "workers.inventory", "worker", "-Q", "inventory", "--pool", "solo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "inventory worker not started: its database or broker is not ready" in done.stderr + done.stdout
