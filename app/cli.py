@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.errors import InvalidOrder, OrderNotFound
+from app.telemetry import use_log_format
 
 DESCRIPTION = """\
 Checkout Saga: an event-driven checkout on Celery.
@@ -281,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text for humans (default) or JSON with correlation and causation ids",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="WARNING (default), INFO, DEBUG ...")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="place one batch of orders covering every test input, then audit")
@@ -355,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    use_log_format(args.log_format)
     started = time.monotonic()
     try:
         return int(args.func(args))

@@ -20,6 +20,7 @@ from app.canvas import check_canvas_settings
 from app.catalog import CATALOG
 from app.db import Database, make_engine
 from app.deadletters import DeadLetterStore
+from app import telemetry
 from app.logs import quiet_expected_failures
 from app.saga import CHECKOUT
 from app.services import inventory, order, payment, shipping
@@ -72,6 +73,7 @@ class Runtime:
         app = Celery(name, set_as_current=False)
         app.conf.update(celery_config(self.settings))
         app.checkout_runtime = self  # for the worker's consumer (app/consumer.py)
+        telemetry.install(self.settings.log_format)
         check_canvas_settings(app.conf)
         register_tasks(app, self)
         return app

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         "a retry delay or deadline at least this long is refused at start-up.",
     )
     log_level: str = Field("WARNING", description="Log level of workers started in-process.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Worker log lines: json (one object a line, with correlation_id and causation_id) or text.",
+    )
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:
