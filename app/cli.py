@@ -255,6 +255,22 @@ def cmd_sweep(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from app.health import check
+    from app.runtime import Runtime
+    from config.settings import SERVICES
+
+    services = tuple(args.service) if args.service else SERVICES
+    rt = Runtime()
+    try:
+        results = check(rt, services, timeout=args.timeout)
+    finally:
+        rt.close()
+    for result in results:
+        print(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:<20} {result.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_db_init(_args: argparse.Namespace) -> int:
     from app.runtime import Runtime
 
@@ -351,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-drive sagas past their deadline, once (beat does it periodically)")
     sweep.set_defaults(func=cmd_sweep)
+
+    health = sub.add_parser("health", help="broker, databases, a worker per queue; exit 1 if any fails")
+    health.add_argument(
+        "--service",
+        action="append",
+        choices=("order", "inventory", "payment", "shipping"),
+        help="check only what this service needs (repeatable)",
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer (default 2)")
+    health.set_defaults(func=cmd_health)
 
     db = sub.add_parser("db", help="database chores")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

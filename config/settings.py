@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHECKOUT_", extra="forbid", frozen=True)
 
     broker_url: str = Field(
-        "memory://",
+        "memory://localhost/",
         description="Celery broker: memory:// (embedded), redis://host:port/db or amqp://user:pass@host:port/vhost.",
     )
     result_backend: str | None = Field(

@@ -66,3 +66,21 @@ def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "CHECKOUT_RETRY_MAX" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_health_exit_codes(tmp_path: Path) -> None:
+    ok = run("health", data_dir=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok    database order" in ok.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    env["CHECKOUT_DATABASE_URL"] = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    bad = subprocess.run(
+        [sys.executable, "-m", "app", "health", "--service", "payment"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "FAIL  database payment" in bad.stdout

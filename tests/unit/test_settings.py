@@ -42,7 +42,7 @@ def test_the_same_delays_are_fine_where_they_are_safe() -> None:
     Settings(
         broker_url="redis://h", saga_deadline_seconds=900, saga_give_up_seconds=1800, visibility_timeout_seconds=1200
     )
-    Settings(broker_url="memory://", saga_deadline_seconds=86400, saga_give_up_seconds=172800)
+    Settings(broker_url="memory://localhost/", saga_deadline_seconds=86400, saga_give_up_seconds=172800)
 
 
 def test_giving_up_must_come_after_the_deadline() -> None:

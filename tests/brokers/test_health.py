@@ -1,0 +1,42 @@
+"""`python -m app health` against real workers: exit 0 with all four, 1 without one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.health import check
+from app.api import System
+from config.settings import SERVICES
+from tests.support.cluster import Workers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_health_sees_each_service_worker(system: System, workers: Workers, process_env: dict[str, str]) -> None:
+    results = {r.name: r for r in check(system.runtime, SERVICES, timeout=3)}
+    assert all(r.ok for r in results.values()), results
+    assert all(results[f"worker {s}"].detail.startswith(f"{s}@") for s in SERVICES)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "health", "--timeout", "3"],
+        cwd=ROOT,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok  ") == 1 + len(SERVICES) * 2
+
+    workers.stop()
+    results = {r.name: r for r in check(system.runtime, ("payment",), timeout=1)}
+    assert results["broker"].ok and results["database payment"].ok
+    assert not results["worker payment"].ok
+    assert "no worker answered for queue 'payment'" in results["worker payment"].detail
