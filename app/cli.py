@@ -78,18 +78,104 @@ def cmd_catalog(_args: argparse.Namespace) -> int:
 
 
 def cmd_order_show(args: argparse.Namespace) -> int:
+    from app.services.order import STEP_EVENTS
+
     rt = _runtime()
     try:
         view = rt.order.view(args.order_id)
+        letters = rt.dead_letters.find(status=None, order_id=args.order_id)
     except OrderNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         rt.close()
+    if args.mermaid:
+        print(_mermaid(view))
+        return 0
     print(f"order {view.order_id}  {view.status}  {view.reason or ''}".rstrip())
     print(f"total {_money(view.total_cents, view.currency)}  placed {view.created_at.isoformat()}")
-    print(_table([(e.time.isoformat(), e.service, e.type) for e in view.events], ("time (UTC)", "service", "event")))
+    if view.attention:
+        print(f"needs attention: {view.attention}")
+    rows = []
+    for entry in view.events:
+        step, outcome = STEP_EVENTS.get(entry.type, ("", ""))
+        offset = (entry.time - view.created_at).total_seconds()
+        rows.append((f"+{offset:.3f}s", entry.service, entry.type, f"{step} {outcome}".strip()))
+    print(_table(rows, ("after", "service", "event", "step")))
+    for letter in letters:
+        print(
+            f"dead letter {letter.id[:8]} [{letter.status}] {letter.task}: {letter.reason} "
+            f"(attempts {letter.attempts}, first {letter.first_failed_at.isoformat()})"
+        )
     return 0
+
+
+def _mermaid(view: Any) -> str:
+    """The order's story as a Mermaid sequence diagram: each event from its service."""
+    lines = ["sequenceDiagram", "    participant order", "    participant inventory", "    participant payment"]
+    lines.append("    participant shipping")
+    for entry in view.events:
+        offset = (entry.time - view.created_at).total_seconds()
+        label = f"{entry.type} (+{offset:.3f}s)"
+        if entry.service == "order":
+            if entry.type in {"OrderCompleted", "OrderCancelled"}:
+                lines.append(f"    order->>inventory: {label}")
+            else:
+                lines.append(f"    Note over order: {label}")
+        else:
+            lines.append(f"    {entry.service}-->>order: {label}")
+    if view.status in {"COMPLETED", "CANCELLED"}:
+        lines.append(f"    Note over order: {view.status} {view.reason or ''}".rstrip())
+    elif view.attention:
+        lines.append(f"    Note over order: NEEDS_ATTENTION {view.attention}")
+    return "\n".join(lines)
+
+
+def _duration(text: str) -> Any:
+    """'90s', '15m', '2h', '3d' -> timedelta."""
+    from datetime import timedelta
+
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number and a unit, like 90s, 15m, 2h or 3d")
+    return timedelta(**{units[text[-1]]: float(text[:-1])})
+
+
+def cmd_orders_list(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    try:
+        rows = rt.order.find(
+            status=args.status,
+            reason=args.reason,
+            older_than=args.older_than,
+            newer_than=args.newer_than,
+            limit=args.limit,
+        )
+    finally:
+        rt.close()
+    print(
+        _table(
+            [
+                (
+                    r["order_id"],
+                    r["status"],
+                    r["reason"] or "",
+                    _money(r["total_cents"], r["currency"]),
+                    _ago(_utc(r["created_at"])),
+                )
+                for r in rows
+            ],
+            ("order", "status", "reason", "total", "placed"),
+        )
+    )
+    print(f"{len(rows)} order(s)" + (f" (the newest {args.limit})" if len(rows) == args.limit else ""))
+    return 0
+
+
+def _utc(moment: Any) -> Any:
+    from app.db import as_utc
+
+    return as_utc(moment)
 
 
 def cmd_orders_attention(_args: argparse.Namespace) -> int:
@@ -333,9 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     orders = sub.add_parser("orders", help="look at orders")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True, metavar="ACTION")
-    show = orders_sub.add_parser("show", help="one order's status and events")
+    show = orders_sub.add_parser("show", help="one order's story: every event and step, dead letters")
     show.add_argument("order_id")
+    show.add_argument("--mermaid", action="store_true", help="print the story as a Mermaid sequence diagram")
     show.set_defaults(func=cmd_order_show)
+    olist = orders_sub.add_parser("list", help="orders, newest first, filtered by status, reason and age")
+    olist.add_argument("--status", choices=("PENDING", "COMPLETED", "CANCELLED", "NEEDS_ATTENTION"), type=str.upper)
+    olist.add_argument("--reason", help="e.g. card_declined, out_of_stock, payment_unavailable")
+    olist.add_argument(
+        "--older-than", type=_duration, metavar="AGE", help="placed at least this long ago (90s, 15m, 2h, 3d)"
+    )
+    olist.add_argument("--newer-than", type=_duration, metavar="AGE", help="placed within this long")
+    olist.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    olist.set_defaults(func=cmd_orders_list)
     attention = orders_sub.add_parser("attention", help="sagas parked because a compensation could not finish")
     attention.set_defaults(func=cmd_orders_attention)
     retry = orders_sub.add_parser("retry", help="resume a parked saga: redrive its dead letters")

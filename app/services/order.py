@@ -547,6 +547,38 @@ class OrderService:
 
         return self.db.run(work)
 
+    def find(
+        self,
+        *,
+        status: str | None = None,
+        reason: str | None = None,
+        older_than: timedelta | None = None,
+        newer_than: timedelta | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Orders matching the filters, newest first (a light row each, not a full view)."""
+        query = select(
+            orders.c.order_id,
+            orders.c.customer_id,
+            orders.c.status,
+            orders.c.reason,
+            orders.c.total_cents,
+            orders.c.currency,
+            orders.c.created_at,
+            orders.c.finished_at,
+        )
+        now = utcnow()
+        if status is not None:
+            query = query.where(orders.c.status == status.upper())
+        if reason is not None:
+            query = query.where(orders.c.reason == reason)
+        if older_than is not None:
+            query = query.where(orders.c.created_at <= now - older_than)
+        if newer_than is not None:
+            query = query.where(orders.c.created_at >= now - newer_than)
+        rows = self.db.query(lambda c: c.execute(query.order_by(orders.c.created_at.desc()).limit(limit)).all())
+        return [dict(r._mapping) for r in rows]
+
     def needing_attention(self) -> list[OrderView]:
         ids = self.db.query(
             lambda c: c.execute(

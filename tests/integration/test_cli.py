@@ -84,3 +84,20 @@ def test_health_exit_codes(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "FAIL  database payment" in bad.stdout
+
+
+def test_orders_list_and_show(tmp_path: Path) -> None:
+    assert run("place", "MUG-01:2", "--country", "AQ", data_dir=tmp_path).returncode == 0
+    listed = run("orders", "list", "--status", "cancelled", "--newer-than", "1h", data_dir=tmp_path)
+    assert listed.returncode == 0 and "shipping_unavailable" in listed.stdout
+    order_id = listed.stdout.splitlines()[2].split()[0]
+    assert run("orders", "list", "--status", "completed", data_dir=tmp_path).stdout.strip().endswith("0 order(s)")
+    shown = run("orders", "show", order_id, data_dir=tmp_path)
+    assert shown.returncode == 0
+    for text in ("OrderPlaced", "ShipmentFailed", "schedule_shipping failed", "void_payment done", "OrderCancelled"):
+        assert text in shown.stdout
+    mermaid = run("orders", "show", order_id, "--mermaid", data_dir=tmp_path).stdout
+    assert mermaid.startswith("sequenceDiagram")
+    assert (
+        "shipping-->>order: ShipmentFailed" in mermaid and "Note over order: CANCELLED shipping_unavailable" in mermaid
+    )
