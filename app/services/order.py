@@ -384,9 +384,12 @@ class OrderService:
                     updated_at=utcnow(),
                 )
             )
+            # Every step's compensation, not only those up to the failed one: a step after it
+            # may have run anyway (a failure reported while the step in fact went on, say);
+            # undoing a step that never ran is a no-op that also stops it from running late.
             return CompensationPlan(
                 cmd.order_id,
-                self.saga.compensations_through(failed_step),
+                self.saga.compensations_through(self.saga.steps[-1].name),
                 CancelOrder(order_id=cmd.order_id).model_dump(mode="json"),
             )
 
@@ -497,16 +500,14 @@ class OrderService:
             give_up = now - as_utc(row.created_at) >= give_up_after
             if row.saga_state == "COMPENSATING" or give_up:
                 failed_step = row.failed_step or self.saga.steps[-1].name
-                values.update(
-                    saga_state="COMPENSATING",
-                    failed_step=failed_step,
-                    failure_reason=row.failure_reason or "deadline_exceeded",
-                    compensation_dispatched_at=now,
-                )
+                values.update(saga_state="COMPENSATING", failed_step=failed_step, compensation_dispatched_at=now)
+                if give_up:
+                    # otherwise the failure event, sent again with the rest, still says why
+                    values["failure_reason"] = row.failure_reason or "deadline_exceeded"
                 uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
                 plan = CompensationPlan(
                     order_id,
-                    self.saga.compensations_through(failed_step),
+                    self.saga.compensations_through(self.saga.steps[-1].name),
                     CancelOrder(order_id=order_id).model_dump(mode="json"),
                 )
                 return Redrive(order_id, compensation=plan)
