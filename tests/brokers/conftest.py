@@ -66,8 +66,24 @@ def broker(request: pytest.FixtureRequest) -> Iterator[BrokerNamespace]:
 
 
 @pytest.fixture
-def settings(broker: BrokerNamespace, database: str) -> Settings:
-    return Settings(broker_url=broker.url, database_url=database, namespace=broker.namespace)
+def settings_overrides() -> dict[str, Any]:
+    """Extra settings for the whole system, by field name (a module overrides this fixture):
+    the test process's Settings get them, and every worker (and beat) gets them as
+    ``CHECKOUT_<NAME>`` variables, so all processes agree."""
+    return {}
+
+
+def settings_env(overrides: dict[str, Any]) -> dict[str, str]:
+    """``{"saga_deadline_seconds": 8}`` -> ``{"CHECKOUT_SAGA_DEADLINE_SECONDS": "8"}``."""
+    unknown = set(overrides) - set(Settings.model_fields)
+    if unknown:
+        raise ValueError(f"not settings: {sorted(unknown)}")
+    return {f"CHECKOUT_{name.upper()}": str(value) for name, value in overrides.items()}
+
+
+@pytest.fixture
+def settings(broker: BrokerNamespace, database: str, settings_overrides: dict[str, Any]) -> Settings:
+    return Settings(broker_url=broker.url, database_url=database, namespace=broker.namespace, **settings_overrides)
 
 
 @pytest.fixture
@@ -96,13 +112,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
+def process_env(broker: BrokerNamespace, settings: Settings, settings_overrides: dict[str, Any]) -> dict[str, str]:
+    """The environment of every worker (or beat) process of the test."""
+    assert settings.database_url is not None
+    return worker_env(broker, settings.database_url, settings_env(settings_overrides))
+
+
+@pytest.fixture
 def workers(
-    request: pytest.FixtureRequest, broker: BrokerNamespace, settings: Settings, system: System, tmp_path: Path
+    request: pytest.FixtureRequest, process_env: dict[str, str], system: System, tmp_path: Path
 ) -> Iterator[Workers]:
     """Start order, inventory, payment and shipping as separate ``celery worker`` processes
-    and wait until all four answer a ping. Always stopped at teardown."""
-    assert settings.database_url is not None
-    env = worker_env(broker, settings.database_url)
+    and wait until all four answer a ping. Always stopped at teardown (and so is anything
+    the test added to the group: a worker started again, ``celery beat``)."""
+    env = process_env
     group = Workers()
     try:
         for service in SERVICES:

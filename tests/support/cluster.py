@@ -7,8 +7,12 @@ Used by the broker tests' fixtures (``tests/brokers/conftest.py``) and by the be
 * :func:`redis_namespace` — a unique Redis key prefix (``CHECKOUT_NAMESPACE``); every
   ``<prefix>:*`` key is deleted on exit;
 * :func:`rabbitmq_namespace` — a fresh RabbitMQ vhost, deleted on exit;
-* :class:`Workers` — a group of ``celery worker`` processes, each in its own process group
-  with its own log, stopped on exit (SIGTERM, then SIGKILL of the group).
+* :class:`Workers` — a group of ``celery worker`` processes (and, optionally, ``celery beat``),
+  each in its own process group with its own log, stopped on exit (SIGTERM, then SIGKILL of
+  the group); one can be SIGKILLed on purpose (:meth:`Workers.kill`) and started again;
+* broker faults — :func:`restart_rabbitmq` (``stop_app`` / ``start_app``) and
+  :func:`restart_redis` (``shutdown nosave`` and the same ``redis-server`` command line), each
+  waiting until the broker answers again.
 
 Exits run on exceptions and on KeyboardInterrupt too. Failures are reported as
 :class:`ClusterError` (or :class:`WaitTimeout`), with the workers' log tails where useful.
@@ -26,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -278,6 +283,120 @@ def broker_namespace(kind: str, prefix: str = DEFAULT_PREFIX) -> Iterator[Broker
         raise ValueError(f"broker kind must be one of {', '.join(BROKERS)}, not {kind!r}")
 
 
+# --- broker faults ------------------------------------------------------------------
+
+#: How this machine's Redis is started: it keeps NOTHING on disk, so a restart empties it.
+REDIS_SERVER_COMMAND: tuple[str, ...] = (
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+)
+BROKER_RESTART_TIMEOUT = 90.0
+
+
+def redis_answers() -> bool:
+    """True when the test Redis answers PING (and is not still loading)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError):
+        return False
+    finally:
+        client.close()
+
+
+def amqp_answers(vhost: str = "/") -> bool:
+    """True when RabbitMQ accepts an AMQP connection to ``vhost`` (port open and app running)."""
+    from kombu import Connection
+
+    url = f"{AMQP_BASE}/{'' if vhost == '/' else vhost}"
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.connect()
+            return bool(conn.connected)
+    except Exception:
+        return False
+
+
+def brokers_up() -> dict[str, bool]:
+    """Whether each broker answers: Redis a PING, RabbitMQ ``rabbitmqctl status`` and AMQP."""
+    try:
+        rabbitmqctl("status")
+        rabbit = amqp_answers()
+    except (ClusterError, subprocess.TimeoutExpired):
+        rabbit = False
+    return {"redis": redis_answers(), "rabbitmq": rabbit}
+
+
+def stop_redis(timeout: float = 30.0) -> None:
+    """``SHUTDOWN NOSAVE``; returns once the port no longer answers."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        client.shutdown(nosave=True)
+    except redis.exceptions.ConnectionError:
+        pass  # the server closed the connection on its way out
+    finally:
+        client.close()
+    poll_until(lambda: not redis_answers(), timeout=timeout, interval=0.1, what="Redis to stop")
+
+
+def start_redis(timeout: float = BROKER_RESTART_TIMEOUT) -> None:
+    """Start Redis with :data:`REDIS_SERVER_COMMAND` (unless it answers already) and wait for PING."""
+    if not redis_answers():
+        done = subprocess.run(list(REDIS_SERVER_COMMAND), capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise ClusterError(f"redis-server failed to start ({done.returncode}): {done.stderr or done.stdout}")
+    poll_until(redis_answers, timeout=timeout, interval=0.1, what="Redis to answer PING")
+
+
+def stop_rabbitmq_app() -> None:
+    """``rabbitmqctl stop_app``: the node stays up, every AMQP connection is closed."""
+    rabbitmqctl("stop_app")
+
+
+def start_rabbitmq_app(vhosts: tuple[str, ...] = (), timeout: float = BROKER_RESTART_TIMEOUT) -> None:
+    """``rabbitmqctl start_app``, then wait until AMQP answers on ``/`` and every ``vhosts``."""
+    rabbitmqctl("start_app")
+    for vhost in ("/", *vhosts):
+        poll_until(partial(amqp_answers, vhost), timeout=timeout, interval=0.2, what=f"RabbitMQ vhost {vhost}")
+
+
+@contextmanager
+def broker_outage(kind: str, vhosts: tuple[str, ...] = ()) -> Iterator[None]:
+    """Stop the broker for the body of the ``with``; whatever happens, start it again on
+    exit and wait until it answers (RabbitMQ: on ``/`` and ``vhosts``)."""
+    if kind not in BROKERS:
+        raise ValueError(f"broker kind must be one of {', '.join(BROKERS)}, not {kind!r}")
+    try:
+        if kind == "redis":
+            stop_redis()
+        else:
+            stop_rabbitmq_app()
+        yield
+    finally:
+        if kind == "redis":
+            start_redis()
+        else:
+            start_rabbitmq_app(vhosts)
+
+
 # --- worker processes ------------------------------------------------------------------
 
 
@@ -293,6 +412,21 @@ def worker_env(broker: BrokerNamespace, database_url: str, extra: Mapping[str, s
     return env
 
 
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that are still alive (not zombies), from /proc."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")"
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in {"Z", "X"}:
+            alive.append(int(stat.parent.name))
+    return alive
+
+
 @dataclass
 class Workers:
     """A group of ``celery worker`` processes, each with its own log file.
@@ -301,6 +435,8 @@ class Workers:
 
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    #: Members that are not workers (``celery beat``): they answer no ping.
+    schedulers: set[str] = field(default_factory=set)
 
     def __enter__(self) -> Workers:
         return self
@@ -312,7 +448,7 @@ class Workers:
 
     def nodenames(self) -> set[str]:
         host = socket.gethostname()
-        return {f"{name}@{host}" for name in self.procs}
+        return {f"{name}@{host}" for name in self.procs if name not in self.schedulers}
 
     def exited(self) -> dict[str, int]:
         return {s: p.returncode for s, p in self.procs.items() if p.poll() is not None}
@@ -344,27 +480,40 @@ class Workers:
         queue: str | None = None,
         concurrency: int = WORKER_CONCURRENCY,
         loglevel: str = "INFO",
+        append: bool = False,
     ) -> None:
         """Start ``celery -A <app> worker -Q <queue> -n <name>@%h`` (app defaults to
-        ``workers.<name>``, queue to ``name``) in its own process group."""
+        ``workers.<name>``, queue to ``name``) in its own process group. ``append`` keeps
+        what ``log_path`` already holds (a worker started again after :meth:`kill`)."""
+        argv = ["-A", app or f"workers.{name}", "worker", "-Q", queue or name, "-n", f"{name}@%h"]
+        argv += ["-c", str(concurrency), f"--loglevel={loglevel}"]
+        self._spawn(name, argv, env, log_path, append=append)
+
+    def start_beat(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        schedule: Path,
+        *,
+        name: str = "beat",
+        app: str = "workers.order",
+        loglevel: str = "INFO",
+    ) -> None:
+        """Start ``celery -A <app> beat -s <schedule>`` in its own process group. It is a
+        member of the group (stopped with it, in :meth:`tails`) but answers no ping."""
+        self.schedulers.add(name)
+        self._spawn(name, ["-A", app, "beat", "-s", str(schedule), f"--loglevel={loglevel}"], env, log_path)
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path, append: bool = False) -> None:
         if not CELERY.exists():
             raise ClusterError(f"no celery executable at {CELERY}")
+        running = self.procs.get(name)
+        if running is not None and running.poll() is None:
+            raise ClusterError(f"{name} is already running (pid {running.pid})")
         self.logs[name] = log_path
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab" if append else "wb") as log:
             self.procs[name] = subprocess.Popen(
-                [
-                    str(CELERY),
-                    "-A",
-                    app or f"workers.{name}",
-                    "worker",
-                    "-Q",
-                    queue or name,
-                    "-n",
-                    f"{name}@%h",
-                    "-c",
-                    str(concurrency),
-                    f"--loglevel={loglevel}",
-                ],
+                [str(CELERY), *argv],
                 cwd=REPO_ROOT,
                 env=dict(env),
                 stdout=log,
@@ -372,6 +521,25 @@ class Workers:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: pool children die with it
             )
+
+    def kill(self, name: str, timeout: float = 10.0) -> int:
+        """SIGKILL the whole process group of ``name`` (main process and pool children, no
+        warm shutdown, nothing acknowledged) and wait until it is gone; returns its pid."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=timeout)
+
+        poll_until(
+            lambda: not live_group_members(proc.pid),
+            timeout=timeout,
+            interval=0.05,
+            what=f"process group of {name} to exit",
+            diagnostics=lambda: f"still alive: {live_group_members(proc.pid)}",
+        )
+        return proc.pid
 
     def wait_ready(self, control_app: Any, timeout: float = WORKER_START_TIMEOUT) -> None:
         """Until every worker answers a ping sent through ``control_app`` (a Celery app on
