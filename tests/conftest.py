@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
 from config.celery import EXCHANGE
 from config.settings import SERVICES, Settings
+from tests.support.cluster import WaitTimeout, poll_until
 
 T = TypeVar("T")
 
@@ -106,18 +106,12 @@ def wait_until(
     what: str = "condition",
     diagnostics: Callable[[], str] | None = None,
 ) -> T:
-    """Call ``condition`` until it returns something truthy, and return that.
-
-    The loop's condition is the thing awaited; the short pause only spaces the polls.
-    Fails the test (with ``diagnostics()`` appended) once ``timeout`` seconds have passed.
-    """
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() >= deadline:
-            extra = f"\n{diagnostics()}" if diagnostics is not None else ""
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{extra}", pytrace=False)
-        time.sleep(interval)
-    return result
+    """Poll ``condition`` until it returns something truthy (see
+    :func:`tests.support.cluster.poll_until`); fail the test when ``timeout`` passes."""
+    try:
+        return poll_until(condition, timeout=timeout, interval=interval, what=what, diagnostics=diagnostics)
+    except WaitTimeout as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def publish_raw(system: System, body: bytes, headers: dict[str, Any], routing_key: str) -> None:
