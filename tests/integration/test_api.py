@@ -11,13 +11,16 @@ import pytest
 
 import app
 from app.api import System
+from app.audit import audit
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_order_view_fields(api: System) -> None:
     order_id = app.place_order("cust-9", [{"sku": "BOOK-01", "qty": 2}, {"sku": "MUG-01", "qty": 1}])
-    view = app.wait_for_order(order_id, timeout=30)
+    assert app.wait_for_order(order_id, timeout=30).status == "COMPLETED"
+    assert audit(api.runtime, settle=10).clean  # settled: every event has reached the order
+    view = app.get_order(order_id)
     assert view.order_id == order_id and view.customer_id == "cust-9"
     assert (view.status, view.reason, view.currency) == ("COMPLETED", None, "EUR")
     assert view.total_cents == 2 * 4599 + 1299 and isinstance(view.total_cents, int)

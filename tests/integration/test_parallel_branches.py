@@ -22,6 +22,8 @@ def test_failed_reservation_voids_an_authorization_that_succeeds_after_it(api: S
     order_id = app.place_order("c", [{"sku": "POSTER-01", "qty": 30}], payment_token="tok_flaky")
     view = app.wait_for_order(order_id, timeout=60)
     assert (view.status, view.reason) == ("CANCELLED", "out_of_stock")
+    assert audit(api.runtime, settle=10).clean  # settled: every event has reached the order
+    view = app.get_order(order_id)
     assert view.steps["authorize_payment"] == "done" and view.steps["void_payment"] == "done"
     assert gateway_ops(api, order_id) == {"authorize": "ok", "void": "ok"}
     assert audit(api.runtime, settle=10).clean
@@ -32,6 +34,8 @@ def test_declined_payment_releases_the_reservation(api: System) -> None:
     order_id = app.place_order("c", [{"sku": "LAMP-01", "qty": 7}], payment_token="tok_declined")
     view = app.wait_for_order(order_id, timeout=60)
     assert (view.status, view.reason) == ("CANCELLED", "card_declined")
+    assert audit(api.runtime, settle=10).clean  # settled: every event has reached the order
+    view = app.get_order(order_id)
     assert view.steps["reserve_inventory"] == "done" and view.steps["release_inventory"] == "done"
     assert {i.sku: i.available for i in app.list_catalog()} == before
     assert audit(api.runtime, settle=10).clean

@@ -89,6 +89,9 @@ def test_vocabulary_row(
     order_id = app.place_order("cust-1", **args)
     view = app.wait_for_order(order_id, timeout=60)
     assert (view.status, view.reason) == (status, reason)
+    report = audit(api.runtime, settle=10)  # settled: every event has reached the timeline
+    assert report.clean, report.violations
+    view = app.get_order(order_id)
     types = [e.type for e in view.events]
     assert types[0] == "OrderPlaced"
     assert present <= set(types), types
