@@ -18,6 +18,19 @@ from config.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def start_worker(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `celery -A workers.<service> worker` until it exits (these refuse to start)."""
+    celery = Path(sys.executable).parent / "celery"
+    return subprocess.run(
+        [str(celery), "-A", f"workers.{service}", "worker", "-Q", service, "--pool", "solo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "variable"),
     [
@@ -71,15 +84,7 @@ def test_a_worker_refuses_to_start_and_says_what_to_change(tmp_path: Path) -> No
         CHECKOUT_DATA_DIR=str(tmp_path),
         CHECKOUT_RETRY_CAP_SECONDS="900",
     )
-    celery = Path(sys.executable).parent / "celery"
-    done = subprocess.run(
-        [str(celery), "-A", "workers.payment", "worker", "-Q", "payment"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = start_worker("payment", env)
     assert done.returncode != 0
     assert "CHECKOUT_RETRY_CAP_SECONDS=900 is not below CHECKOUT_VISIBILITY_TIMEOUT_SECONDS=600" in done.stderr
 
@@ -90,14 +95,6 @@ def test_a_worker_without_its_database_does_not_start(tmp_path: Path) -> None:
         CHECKOUT_BROKER_URL="redis://127.0.0.1:6379/15",
         CHECKOUT_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none",
     )
-    celery = Path(sys.executable).parent / "celery"
-    done = subprocess.run(
-        [str(celery), "-A", "workers.inventory", "worker", "-Q", "inventory", "--pool", "solo"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = start_worker("inventory", env)
     assert done.returncode != 0
     assert "inventory worker not started: its database or broker is not ready" in done.stderr + done.stdout
