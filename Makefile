@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint bench worker-order worker-inventory worker-payment worker-shipping clean
+.PHONY: help install demo test test-fast lint bench worker-order worker-inventory worker-payment worker-shipping flower metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -34,6 +34,12 @@ bench: $(STAMP)  ## measure sagas/sec against a raw-Celery baseline (writes benc
 
 worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
 	$(BIN)/celery -A workers.$* worker -Q $* -n $*@%h --loglevel=INFO
+
+flower: $(STAMP)  ## run Flower on the configured broker (basic auth: CHECKOUT_FLOWER_USER, _PASSWORD)
+	$(BIN)/python -m app.flower
+
+metrics: $(STAMP)  ## serve saga metrics for Prometheus on 127.0.0.1:9808 (python -m app metrics)
+	$(BIN)/python -m app metrics
 
 clean:  ## remove the virtualenv and local data
 	rm -rf $(VENV) var

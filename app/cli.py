@@ -78,8 +78,6 @@ def cmd_catalog(_args: argparse.Namespace) -> int:
 
 
 def cmd_order_show(args: argparse.Namespace) -> int:
-    from app.services.order import STEP_EVENTS
-
     rt = _runtime()
     try:
         view = rt.order.view(args.order_id)
@@ -89,19 +87,32 @@ def cmd_order_show(args: argparse.Namespace) -> int:
         return 1
     finally:
         rt.close()
+    step_of_task = {step.task: step.name for step in rt.saga.steps}
+    step_of_task.update({s.compensation.task: s.compensation.name for s in rt.saga.steps if s.compensation})
     if args.mermaid:
-        print(_mermaid(view))
+        print(_mermaid(view, letters))
         return 0
     print(f"order {view.order_id}  {view.status}  {view.reason or ''}".rstrip())
     print(f"total {_money(view.total_cents, view.currency)}  placed {view.created_at.isoformat()}")
     if view.attention:
         print(f"needs attention: {view.attention}")
-    rows = []
+    timed: list[tuple[Any, tuple[Any, ...]]] = []
     for entry in view.events:
-        step, outcome = STEP_EVENTS.get(entry.type, ("", ""))
-        offset = (entry.time - view.created_at).total_seconds()
-        rows.append((f"+{offset:.3f}s", entry.service, entry.type, f"{step} {outcome}".strip()))
-    print(_table(rows, ("after", "service", "event", "step")))
+        outcome = "compensated" if entry.compensation and entry.outcome == "done" else entry.outcome
+        took = _took(entry.duration_seconds)
+        cells = (entry.service, entry.type, entry.step, outcome, entry.attempts, took)
+        timed.append((entry.time, cells))
+    for letter in letters:  # where a message died, among the events
+        took = _took((letter.last_failed_at - letter.first_failed_at).total_seconds())
+        step = step_of_task.get(letter.task or "", letter.task)
+        cells = (letter.service, "dead letter", step, letter.status.lower(), letter.attempts, took)
+        timed.append((letter.last_failed_at, cells))
+    timed.sort(key=lambda item: item[0])  # stable: events keep their recorded order
+    rows = [(f"+{(moment - view.created_at).total_seconds():.3f}s", *cells) for moment, cells in timed]
+    print(_table(rows, ("after", "service", "event", "step", "outcome", "attempts", "took")))
+    compensations = [e.step for e in view.events if e.compensation and e.outcome == "done"]
+    if compensations:
+        print(f"compensations: {', '.join(str(step) for step in compensations)}")
     for letter in letters:
         print(
             f"dead letter {letter.id[:8]} [{letter.status}] {letter.task}: {letter.reason} "
@@ -110,20 +121,43 @@ def cmd_order_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mermaid(view: Any) -> str:
-    """The order's story as a Mermaid sequence diagram: each event from its service."""
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def _mermaid(view: Any, letters: Sequence[Any] = ()) -> str:
+    """The order's story as a Mermaid sequence diagram: each event from its service, with
+    the attempts and time its step took where known; compensations and dead letters marked."""
     lines = ["sequenceDiagram", "    participant order", "    participant inventory", "    participant payment"]
     lines.append("    participant shipping")
+    timed: list[tuple[Any, str]] = []
     for entry in view.events:
         offset = (entry.time - view.created_at).total_seconds()
-        label = f"{entry.type} (+{offset:.3f}s)"
+        facts = [f"+{offset:.3f}s"]
+        if entry.attempts is not None:
+            facts.append(f"{entry.attempts} attempt{'s' if entry.attempts != 1 else ''}")
+        if entry.duration_seconds is not None:
+            facts.append(f"took {_took(entry.duration_seconds)}")
+        kind = ", compensation" if entry.compensation else ""
+        label = f"{entry.type}{kind} ({', '.join(facts)})"
         if entry.service == "order":
             if entry.type in {"OrderCompleted", "OrderCancelled"}:
-                lines.append(f"    order->>inventory: {label}")
+                timed.append((entry.time, f"    order->>inventory: {label}"))
             else:
-                lines.append(f"    Note over order: {label}")
+                timed.append((entry.time, f"    Note over order: {label}"))
         else:
-            lines.append(f"    {entry.service}-->>order: {label}")
+            timed.append((entry.time, f"    {entry.service}-->>order: {label}"))
+    for letter in letters:
+        offset = (letter.last_failed_at - view.created_at).total_seconds()
+        note = (
+            f"    Note over {letter.service}: dead letter {letter.task or letter.queue} "
+            f"({letter.status.lower()}, {letter.attempts} attempts, +{offset:.3f}s)"
+        )
+        timed.append((letter.last_failed_at, note))
+    timed.sort(key=lambda item: item[0])  # stable: events keep their recorded order
+    lines.extend(line for _, line in timed)
     if view.status in {"COMPLETED", "CANCELLED"}:
         lines.append(f"    Note over order: {view.status} {view.reason or ''}".rstrip())
     elif view.attention:
@@ -357,6 +391,20 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from app import metrics
+
+    rt = _runtime()
+    try:
+        if args.once:
+            print(metrics.exposition(rt), end="")
+        else:
+            metrics.serve(rt, port=args.port, address=args.address)
+    finally:
+        rt.close()
+    return 0
+
+
 def cmd_db_init(_args: argparse.Namespace) -> int:
     from app.runtime import Runtime
 
@@ -367,6 +415,205 @@ def cmd_db_init(_args: argparse.Namespace) -> int:
         rt.close()
     print("tables created (where missing); catalog and stock seeded")
     return 0
+
+
+REPLAY_DESCRIPTION = """\
+Send logged events again to one consumer, or rebuild the order projection from the logs.
+
+Replay picks events from every service's event log — by order, type and/or time (an event
+must match each selector given) — and sends each one, with its original event id, to the
+consumer task named by --to (a task of app/subscriptions.py). Selected events the consumer
+does not subscribe to are skipped and counted. Consumers are idempotent by event id: one
+that already handled an event ignores it (its inbox), so replaying is harmless and only
+the events it has not handled take effect; a new consumer applies them all. Replay never
+goes around a consumer's inbox. Embedded (no CHECKOUT_BROKER_URL set), the workers run in
+this process until everything sent has been handled.
+
+--rebuild orders folds each order's events from every log, oldest first, by the order
+service's own rules, into a fresh table (order_orders_rebuilt), then prints each order and
+field where the live projection differs, live then rebuilt; exit 1 if any does. Compared:
+status (NEEDS_ATTENTION counts as PENDING: parking is not an event), reason, customer,
+total, currency, steps, timeline.
+
+examples:
+  python -m app replay --order ID --to order.record --dry-run
+  python -m app replay --type OrderCompleted --since 2h --to inventory.commit
+  python -m app replay --rebuild orders
+"""
+
+
+def _since(text: str) -> Any:
+    """An ISO 8601 time (UTC unless it has an offset) or an age like 15m -> aware datetime."""
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.now(UTC) - _duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give an ISO 8601 time (2026-05-01T12:00:00Z) or an age (90s, 15m, 2h, 3d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _progress(label: str) -> Any:
+    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def _counts(counter: Any) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counter.items()))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    parser = args.replay_parser
+    selected = args.order is not None or bool(args.type) or args.since is not None
+    if args.rebuild:
+        if selected or args.to or args.dry_run:
+            parser.error("--rebuild goes alone: it reads every event of every log")
+        return _rebuild()
+    if not selected:
+        parser.error("choose the events: --order ID, --type TYPE and/or --since TIME (or --rebuild orders)")
+    if not args.to:
+        parser.error("name the consumer to send them to: --to CONSUMER (e.g. order.record)")
+    from app.replay import ReplayError, Selection, plan_replay
+
+    selection = Selection(args.order, tuple(args.type or ()), args.since)
+    rt = _runtime()
+    try:
+        try:
+            plan = plan_replay(rt.databases, selection, args.to)
+        except ReplayError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.dry_run:
+            _replay_listing(plan, selection, args.show)
+            return 0
+        if not plan.events:
+            print(f"0 events sent to {plan.consumer}, {len(plan.skipped)} skipped ({selection})")
+            return 0
+        if not rt.settings.embedded:
+            return _send_replay(plan, rt.relay.publisher)
+    finally:
+        rt.close()
+    # Embedded: the broker lives in this process, so its workers must run here until done.
+    from app.api import System
+
+    system = System(rt.settings).start()
+    try:
+        code = _send_replay(plan, system.runtime.relay.publisher)
+        if code == 0 and not system.workers.wait_idle(timeout=args.timeout):
+            print(f"error: the in-process workers were still busy after {args.timeout:g}s", file=sys.stderr)
+            code = 1
+        return code
+    finally:
+        system.stop()
+
+
+def _replay_listing(plan: Any, selection: Any, show: int) -> None:
+    from app.subscriptions import consumers_of
+
+    print(
+        f"dry run ({selection}): {len(plan.events)} events would be sent to {plan.consumer}, "
+        f"{len(plan.skipped)} skipped; nothing sent"
+    )
+    rows: list[tuple[Any, ...]] = [(t, n, plan.consumer) for t, n in sorted(plan.by_type().items())]
+    for event_type, n in sorted(plan.by_type(plan.skipped).items()):
+        others = ", ".join(consumers_of(event_type)) or "none"
+        rows.append((event_type, n, f"skipped (its consumers: {others})"))
+    print(_table(rows, ("event", "count", "to")))
+    if plan.already_handled:
+        print(_handled_note(plan))
+    every = sorted(plan.events + plan.skipped, key=lambda env: env.occurred_at)
+    sending = {env.event_id for env in plan.events}
+    if every and show > 0:
+        print(f"first {min(show, len(every))} of {len(every)}, oldest first:")
+        lines = [
+            (
+                env.occurred_at.isoformat(timespec="milliseconds"),
+                env.service,
+                env.event_type,
+                env.event_id,
+                env.key,
+                "send" if env.event_id in sending else "skip",
+            )
+            for env in every[:show]
+        ]
+        print(_table(lines, ("time", "service", "event", "event id", "order", "action")))
+
+
+def _handled_note(plan: Any) -> str:
+    rest = len(plan.events) - plan.already_handled
+    return (
+        f"{plan.consumer} has handled {plan.already_handled} of them already: it ignores those "
+        f"(its inbox keeps every event id it handled), so sending them again is harmless; "
+        f"{rest} may take effect"
+    )
+
+
+def _send_replay(plan: Any, publisher: Any) -> int:
+    from app.replay import send
+
+    done = 0
+
+    def sent_one(_env: Any) -> None:
+        nonlocal done
+        done += 1
+        bar.advance(task)
+
+    with _progress(f"replay to {plan.consumer}") as bar:
+        task = bar.add_task("send", total=len(plan.events))
+        try:
+            sent = send(plan, publisher, on_sent=sent_one)
+        except Exception as exc:  # the broker is unreachable, say; say how far it got
+            print(f"error: sending stopped after {done} of {len(plan.events)} events: {exc!r}", file=sys.stderr)
+            return 1
+    skipped = f" ({_counts(plan.by_type(plan.skipped))}: not subscribed)" if plan.skipped else ""
+    print(
+        f"{sum(sent.values())} events sent to {plan.consumer} ({_counts(sent)}), {len(plan.skipped)} skipped{skipped}"
+    )
+    if plan.already_handled:
+        print(_handled_note(plan))
+    return 0
+
+
+def _rebuild() -> int:
+    from app.replay import NOT_COMPARED_NOTE, REBUILT_TABLE, rebuild_orders
+
+    rt = _runtime()
+    try:
+        report = rebuild_orders(rt.databases)
+    finally:
+        rt.close()
+    ignored = f"; events of {report.stray} unknown order(s) ignored" if report.stray else ""
+    if report.consistent:
+        print(f"consistent: {report.orders} orders (rebuilt from {report.events} events into {REBUILT_TABLE}){ignored}")
+        return 0
+    rows = [
+        (d.order_id, d.field, "-" if d.live is None else d.live, "-" if d.rebuilt is None else d.rebuilt)
+        for d in report.differences
+    ]
+    print(_table(rows, ("order", "field", "live", "rebuilt")))
+    print(
+        f"{len(report.differing_orders)} of {max(report.orders, report.live)} orders differ "
+        f"(the rebuilt projection is in {REBUILT_TABLE}){ignored}"
+    )
+    print(NOT_COMPARED_NOTE)
+    return 1
 
 
 def cmd_settings(_args: argparse.Namespace) -> int:
@@ -474,10 +721,53 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer (default 2)")
     health.set_defaults(func=cmd_health)
 
+    metrics = sub.add_parser(
+        "metrics", help="serve saga metrics for Prometheus (orders, steps, dead letters, queue depths)"
+    )
+    metrics.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
+    metrics.add_argument(
+        "--address", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
+    metrics.add_argument("--once", action="store_true", help="print one scrape's text to stdout and exit")
+    metrics.set_defaults(func=cmd_metrics)
+
     db = sub.add_parser("db", help="database chores")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     init = db_sub.add_parser("init", help="create missing tables and seed the catalog and stock")
     init.set_defaults(func=cmd_db_init)
+
+    replay = sub.add_parser(
+        "replay",
+        help="send logged events again to a consumer, or rebuild the order projection from the logs",
+        usage="python -m app replay [--order ID] [--type TYPE]... [--since TIME] --to CONSUMER [--dry-run]\n"
+        "       python -m app replay --rebuild orders",
+        description=REPLAY_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chosen = replay.add_argument_group("which events (at least one; an event must match each given)")
+    chosen.add_argument("--order", metavar="ID", help="the events of this order")
+    chosen.add_argument(
+        "--type", action="append", metavar="TYPE", help="events of this type, e.g. PaymentCaptured (repeatable)"
+    )
+    chosen.add_argument(
+        "--since", type=_since, metavar="TIME", help="events since this ISO 8601 time (UTC unless it says) or age (15m)"
+    )
+    replay.add_argument("--to", metavar="CONSUMER", help="the consumer task, e.g. order.record or inventory.commit")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent (by type, then each); send nothing"
+    )
+    replay.add_argument(
+        "--show", type=int, default=20, metavar="N", help="with --dry-run: list the first N events (20)"
+    )
+    replay.add_argument(
+        "--timeout", type=float, default=60.0, help="embedded: seconds to wait for the events to be handled (60)"
+    )
+    replay.add_argument(
+        "--rebuild",
+        choices=("orders",),
+        help="instead: rebuild the order projection from the logs and print its diff against the live one",
+    )
+    replay.set_defaults(func=cmd_replay, replay_parser=replay)
 
     settings = sub.add_parser("settings", help="every CHECKOUT_* variable, its value here and its meaning")
     settings.set_defaults(func=cmd_settings)

@@ -9,7 +9,8 @@ ones, all prefixed with the service name:
 * ``<service>_inbox`` — ``(consumer, event_id)`` of every event a consumer has handled,
   written in the consumer's own transaction, so a redelivered event has no second effect;
 * ``<service>_steps`` — the recorded outcome of every saga step and compensation, keyed
-  by ``(order_id, step)``: a repeated command returns it instead of acting again;
+  by ``(order_id, step)``: a repeated command returns it instead of acting again; with
+  how many attempts it took and when the first one started (see :mod:`app.attempts`);
 * ``<service>_dead_letters`` — messages of the service's queue that could not be handled
   (retries exhausted, malformed), with why; see :mod:`app.deadletters`.
 """
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -45,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from app import attempts
 from app.events import Envelope, Event
 
 T = TypeVar("T")
@@ -117,6 +120,9 @@ def standard_tables(service: str, metadata: MetaData) -> StandardTables:
         Column("occurred_at", DateTime(timezone=True), nullable=False),
         Column("payload", JSON, nullable=False),
         Column("published_at", DateTime(timezone=True), index=True),
+        # set on events a saga step or compensation emitted (app/attempts.py)
+        Column("attempts", Integer),
+        Column("duration_ms", Integer),
     )
     inbox = Table(
         f"{service}_inbox",
@@ -133,6 +139,9 @@ def standard_tables(service: str, metadata: MetaData) -> StandardTables:
         Column("outcome", String(16), nullable=False),
         Column("detail", JSON, nullable=False),
         Column("recorded_at", DateTime(timezone=True), nullable=False),
+        # how many attempts the step took and when the first one started (None: not known)
+        Column("attempts", Integer),
+        Column("started_at", DateTime(timezone=True)),
     )
     dead_letters = Table(
         f"{service}_dead_letters",
@@ -182,8 +191,20 @@ class UnitOfWork:
         self.new_events: list[Envelope] = []
 
     def emit(self, evt: Event, *, correlation_id: str | None = None) -> Envelope:
-        """Append an event to the service's log; it is published once the transaction commits."""
-        env = Envelope.wrap(evt, correlation_id=correlation_id, causation_id=self.causation_id)
+        """Append an event to the service's log; it is published once the transaction commits.
+
+        Emitted while a saga step or compensation runs (:func:`app.attempts.attempt`), the
+        event carries how many attempts the step took and how long it has taken so far."""
+        now = utcnow()
+        current = attempts.current()
+        env = Envelope.wrap(
+            evt,
+            correlation_id=correlation_id,
+            causation_id=self.causation_id,
+            occurred_at=now,
+            attempts=current.number if current is not None else None,
+            duration_ms=current.duration_ms(now) if current is not None else None,
+        )
         self.conn.execute(
             insert(self.tables.events).values(
                 event_id=env.event_id,
@@ -195,6 +216,8 @@ class UnitOfWork:
                 causation_id=env.causation_id,
                 occurred_at=env.occurred_at,
                 payload=env.payload,
+                attempts=env.attempts,
+                duration_ms=env.duration_ms,
             )
         )
         self.new_events.append(env)
@@ -218,9 +241,20 @@ class UnitOfWork:
         detail = dict(record.detail or {})
         if record.reason:
             detail["reason"] = record.reason
+        # the attempts of the step being run, not of another step it records (a compensation
+        # records the step it undoes as prevented)
+        current = attempts.current()
+        if current is not None and current.step != step:
+            current = None
         self.conn.execute(
             insert(self.tables.steps).values(
-                order_id=order_id, step=step, outcome=record.outcome, detail=detail, recorded_at=utcnow()
+                order_id=order_id,
+                step=step,
+                outcome=record.outcome,
+                detail=detail,
+                recorded_at=utcnow(),
+                attempts=current.number if current is not None else None,
+                started_at=current.started_at if current is not None else None,
             )
         )
         return record
@@ -235,6 +269,17 @@ class UnitOfWork:
             return False
         self.conn.execute(insert(inbox).values(consumer=consumer, event_id=event_id, handled_at=utcnow()))
         return True
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """How often a step (or compensation) ended with an outcome in one service, and how many
+    retries those took (attempts beyond the first, where the attempts are known)."""
+
+    step: str
+    outcome: str
+    count: int
+    retries: int
 
 
 CommitHook = Callable[[str, list[Envelope]], None]
@@ -322,6 +367,15 @@ class Database:
 
         self.run(mark)
 
+    def step_stats(self) -> list[StepStats]:
+        """Every (step, outcome) this service recorded, with counts and retries (for metrics)."""
+        steps = self.tables.steps
+        query = select(
+            steps.c.step, steps.c.outcome, func.count(), func.coalesce(func.sum(steps.c.attempts - 1), 0)
+        ).group_by(steps.c.step, steps.c.outcome)
+        rows = self.query(lambda c: c.execute(query).all())
+        return [StepStats(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
     def log(self, order_id: str | None = None) -> list[Envelope]:
         """The service's event log, oldest first (one order's part of it, if given)."""
         events = self.tables.events
@@ -367,4 +421,6 @@ def row_to_envelope(row: Any) -> Envelope:
         correlation_id=row.correlation_id,
         causation_id=row.causation_id,
         payload=row.payload,
+        attempts=getattr(row, "attempts", None),
+        duration_ms=getattr(row, "duration_ms", None),
     )

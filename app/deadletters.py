@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from app.db import Database, UnitOfWork, as_utc, utcnow
 
@@ -133,6 +133,17 @@ class DeadLetterStore:
             rows: list[Any] = db.query(lambda c, q=query: list(c.execute(q).all()))  # type: ignore[misc]
             found.extend(_row(service, r) for r in rows)
         return sorted(found, key=lambda d: (d.first_failed_at, d.id))
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(service, status) -> how many dead letters (for metrics; no message is loaded)."""
+        found: dict[tuple[str, str], int] = {}
+        for service, db in self.databases.items():
+            table = db.tables.dead_letters
+            query = select(table.c.status, func.count()).group_by(table.c.status)
+            rows: list[Any] = db.query(lambda c, q=query: list(c.execute(q).all()))  # type: ignore[misc]
+            for status, count in rows:
+                found[(service, str(status))] = int(count)
+        return found
 
     def get(self, id_or_prefix: str) -> DeadLetter:
         """One dead letter by id, or by an unambiguous prefix of it (as ``list`` shows)."""

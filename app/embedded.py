@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery.worker import WorkController
 from celery.worker import state as worker_state
+from kombu.transport import memory
 
 from app.bus import Every, outbox_sweeper
 from app.logs import quiet_expected_failures
@@ -84,6 +86,29 @@ class EmbeddedWorkers:
             queues.select(list(SERVICES))
         for sweeper in self.sweepers:
             sweeper.start()
+
+    def wait_idle(self, timeout: float = 60.0, settle: float = 0.3) -> bool:
+        """Wait until no message waits in a service queue and no task is held, waiting out
+        a retry delay or running — and it stays so for ``settle`` seconds, since a task may
+        send more. Returns False if ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            busy = (
+                any(queue.qsize() for name, queue in list(memory.Channel.queues.items()) if name in SERVICES)
+                or len(worker_state.reserved_requests)
+                or len(worker_state.active_requests)
+                or len(worker_state.scheduled_requests)
+            )
+            now = time.monotonic()
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= settle:
+                return True
+            time.sleep(0.02)
+        return False
 
     def stop(self, timeout: float = 10.0) -> None:
         for sweeper in self.sweepers:

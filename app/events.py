@@ -182,19 +182,34 @@ class Envelope(BaseModel):
     correlation_id: str = Field(min_length=1, max_length=64)
     causation_id: str | None = Field(None, max_length=128)
     payload: dict[str, Any]
+    # Optional metadata of an event a saga step or compensation emitted (see app/attempts.py):
+    # how many attempts the step took, and how long from its first attempt's start to this event.
+    attempts: int | None = Field(None, ge=1)
+    duration_ms: int | None = Field(None, ge=0)
 
     @classmethod
-    def wrap(cls, evt: Event, *, correlation_id: str | None = None, causation_id: str | None = None) -> Envelope:
+    def wrap(
+        cls,
+        evt: Event,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        occurred_at: datetime | None = None,
+        attempts: int | None = None,
+        duration_ms: int | None = None,
+    ) -> Envelope:
         return cls(
             event_id=str(uuid.uuid4()),
             event_type=evt.TYPE,
             version=evt.VERSION,
             topic=evt.TOPIC,
-            occurred_at=datetime.now(UTC),
+            occurred_at=occurred_at or datetime.now(UTC),
             key=evt.order_id,
             correlation_id=correlation_id or evt.order_id,
             causation_id=causation_id,
             payload=evt.model_dump(mode="json"),
+            attempts=attempts,
+            duration_ms=duration_ms,
         )
 
     @property
@@ -206,4 +221,12 @@ class Envelope(BaseModel):
         return REGISTRY[self.event_type].model_validate(self.payload)
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        wire = self.model_dump(mode="json")
+        for name in OPTIONAL_METADATA:  # absent rather than null: such an event reads as before
+            if wire[name] is None:
+                del wire[name]
+        return wire
+
+
+#: Envelope fields added after version 1 of the wire format; every one is optional.
+OPTIONAL_METADATA: tuple[str, ...] = ("attempts", "duration_ms")

@@ -22,6 +22,7 @@ import logging
 import random
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -30,6 +31,7 @@ from celery.exceptions import Reject
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from app import attempts
 from app.canvas import build_compensation, build_saga
 from app.commands import (
     AuthorizePayment,
@@ -48,7 +50,8 @@ from app.commands import (
 )
 from app.db import StepRecord
 from app.errors import StepFailed, TransientFailure
-from app.events import Envelope
+from app.services.order import CONTRADICTED, UNCONFIRMED
+from app.events import FAILURE_EVENTS, Envelope
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -64,6 +67,10 @@ PERSISTENT_RETRY_FACTOR = 4
 #: Header carrying when a message first failed, kept across retries.
 FIRST_FAILURE = "x_first_failure"
 
+#: Header carrying when a step's first attempt started, kept across retries (for the
+#: order's story: how long the step took; see app/attempts.py).
+FIRST_ATTEMPT = "x_first_attempt"
+
 
 class CeleryPublisher:
     """The relay's way onto the broker (see :class:`app.bus.Publisher`)."""
@@ -71,8 +78,12 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
+    #: An event that cannot be published at once stays in the outbox for the sweep, so the
+    #: relay does not wait for the broker the way a saga's next step does.
+    retry_policy: dict[str, Any] = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
     def send(self, task: str, body: dict[str, Any], *, message_id: str, correlation_id: str) -> None:
-        self.app.send_task(task, args=(body,), task_id=message_id, ignore_result=True)
+        self.app.send_task(task, args=(body,), task_id=message_id, ignore_result=True, retry_policy=self.retry_policy)
 
 
 def backoff(retries: int, base: float, cap: float) -> float:
@@ -98,6 +109,22 @@ def _order_of(body: Any) -> str | None:
 
 def _headers(task: Task) -> dict[str, Any]:
     return dict(task.request.headers or {})
+
+
+def _attempt(task: Task, step: str) -> AbstractContextManager[attempts.Attempt]:
+    """Bind which attempt at ``step`` this delivery is (retries + 1) and when the first one
+    started, so the service records them with the step's outcome and events. (A message
+    redelivered because a worker died is not counted: the broker cannot tell that apart
+    from one handed back unstarted at a worker's shutdown.)"""
+    started = datetime.now(UTC)
+    first = _headers(task).get(FIRST_ATTEMPT)
+    if isinstance(first, str):
+        try:
+            parsed = datetime.fromisoformat(first)
+            started = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except ValueError:
+            log.warning("%s[%s]: ignoring a malformed %s header", task.name, task.request.id, FIRST_ATTEMPT)
+    return attempts.attempt(step, task.request.retries + 1, started)
 
 
 def register_tasks(app: Celery, rt: Runtime) -> None:
@@ -137,6 +164,9 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
             )
             headers = _headers(task)
             headers.setdefault(FIRST_FAILURE, datetime.now(UTC).isoformat())
+            current = attempts.current()
+            if current is not None:
+                headers.setdefault(FIRST_ATTEMPT, current.started_at.isoformat())
             raise task.retry(exc=exc, countdown=countdown, max_retries=limit, headers=headers)
         give_up(reason)
         dead_letter(task, body, f"retries exhausted ({limit}): {reason}", exc)
@@ -158,16 +188,17 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     ) -> Callable[..., Any]:
         def run(self: Task, body: Any) -> dict[str, Any]:
             cmd = parse(self, command, body)
-            try:
-                record = handle(cmd, self.request.id)
-            except TRANSIENT as exc:
-                retry_or_dead_letter(
-                    self,
-                    body,
-                    exc,
-                    persistent=False,
-                    give_up=lambda reason: give_up(cmd.order_id, step, reason, self.request.id),
-                )
+            with _attempt(self, step):
+                try:
+                    record = handle(cmd, self.request.id)
+                except TRANSIENT as exc:
+                    retry_or_dead_letter(
+                        self,
+                        body,
+                        exc,
+                        persistent=False,
+                        give_up=lambda reason: give_up(cmd.order_id, step, reason, self.request.id),
+                    )
             if record.outcome in {"failed", "prevented"}:
                 raise StepFailed(step, record.reason or record.outcome)
             return {"order_id": cmd.order_id, "step": step, "outcome": record.outcome}
@@ -187,6 +218,8 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     define("order.complete", forward("complete_order", CompleteOrder, rt.order.complete, rt.order.give_up))
 
     # --- compensations and the order's own moves: they must finish ----------------
+    compensations = {s.compensation.name for s in rt.saga.steps if s.compensation is not None}
+
     def persistent(
         model: type[BaseModel], handle: Callable[[Any, str], Any], *, step: str | None = None
     ) -> Callable[..., Any]:
@@ -195,17 +228,19 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
 
         def run(self: Task, body: Any) -> Any:
             message = parse(self, model, body)
-            try:
-                result = handle(message, self.request.id)
-            except TRANSIENT as exc:
+            timed = _attempt(self, step) if step in compensations else nullcontext()
+            with timed:
+                try:
+                    result = handle(message, self.request.id)
+                except TRANSIENT as exc:
 
-                def park(reason: str) -> None:
-                    if step is not None:
-                        order_id = str(message.order_id)
-                        park_body = ParkOrder(order_id=order_id, step=step, reason=reason).model_dump(mode="json")
-                        app.send_task("order.park", args=(park_body,))
+                    def park(reason: str) -> None:
+                        if step is not None:
+                            order_id = str(message.order_id)
+                            park_body = ParkOrder(order_id=order_id, step=step, reason=reason).model_dump(mode="json")
+                            app.send_task("order.park", args=(park_body,))
 
-                retry_or_dead_letter(self, body, exc, persistent=True, give_up=park)
+                    retry_or_dead_letter(self, body, exc, persistent=True, give_up=park)
             return result.outcome if isinstance(result, StepRecord) else result
 
         return run
@@ -232,6 +267,22 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         rt.order.saga_dispatched(plan.order_id)
 
     def compensate(cmd: CompensateOrder, _message_id: str) -> None:
+        verdict = rt.order.review_failure(cmd)
+        if verdict == CONTRADICTED:
+            log.warning(
+                "order %s: %s was reported failed but succeeded; not compensating (the saga goes on, "
+                "or the sweeper re-drives it past its deadline)",
+                cmd.order_id,
+                cmd.failed_step,
+            )
+            return
+        if verdict == UNCONFIRMED:
+            log.info(
+                "order %s: %s reported failed; compensating once a failure event confirms it",
+                cmd.order_id,
+                cmd.failed_step,
+            )
+            return
         plan = rt.order.plan_compensation(cmd)
         if plan is None:
             return
@@ -264,7 +315,16 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     define("order.start", persistent(Envelope, start), **quiet)
     define("order.compensate", persistent(CompensateOrder, compensate, step="compensate_order"), **quiet)
     define("order.cancel", persistent(CancelOrder, rt.order.compensations_done, step="cancel_order"), **quiet)
-    define("order.record", persistent(Envelope, lambda env, _id: rt.order.record(env)), **quiet)
+
+    def record(env: Envelope, _message_id: str) -> bool:
+        first = rt.order.record(env)
+        if env.event_type in FAILURE_EVENTS:
+            deferred = rt.order.deferred_compensation(env.key)
+            if deferred is not None:  # an error callback was waiting for this confirmation
+                compensate(deferred, _message_id)
+        return first
+
+    define("order.record", persistent(Envelope, record), **quiet)
     define("order.park", persistent(ParkOrder, lambda cmd, _id: rt.order.park(cmd)), **quiet)
     define("inventory.commit", persistent(Envelope, lambda env, _id: rt.inventory.on_order_completed(env)), **quiet)
     define(

@@ -6,6 +6,7 @@ function, so every process declares the same queues with the same arguments.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -56,6 +57,21 @@ def task_routes() -> dict[str, dict[str, str]]:
     return {f"{name}.*": {"queue": name, "routing_key": f"{name}.task"} for name in SERVICES}
 
 
+#: The longest wait between two publish attempts while the broker is away.
+PUBLISH_RETRY_INTERVAL_MAX = 2.0
+
+
+def publish_retry_policy(seconds: float) -> dict[str, Any]:
+    """kombu's retry policy that keeps trying to publish for about ``seconds``: at once, then
+    every 0.5, 1, 1.5 s, then every PUBLISH_RETRY_INTERVAL_MAX seconds."""
+    return {
+        "max_retries": 3 + math.ceil(seconds / PUBLISH_RETRY_INTERVAL_MAX),
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": PUBLISH_RETRY_INTERVAL_MAX,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,
@@ -86,6 +102,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": 3600,
         "result_extended": False,
         "broker_connection_retry_on_startup": True,
+        # A task's follow-up messages (a chain's next step, an error callback) are published
+        # after the task ran: Celery gives up after its retry policy and then reports the step
+        # failed. Keep trying long enough to ride out a broker restart.
+        "task_publish_retry_policy": publish_retry_policy(settings.publish_retry_seconds),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,

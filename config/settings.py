@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
@@ -85,11 +85,44 @@ class Settings(BaseSettings):
         description="RabbitMQ only: the broker's consumer_timeout (30 min unless changed in rabbitmq.conf); "
         "a retry delay or deadline at least this long is refused at start-up.",
     )
+    publish_retry_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How long a worker keeps trying to send a saga's next message while the broker is "
+        "away (a restart), before the step is reported failed. Events are not held up: the outbox "
+        "keeps them until the broker is back.",
+    )
     log_level: str = Field("WARNING", description="Log level of workers started in-process.")
     log_format: Literal["json", "text"] = Field(
         "json",
         description="Worker log lines: json (one object a line, with correlation_id and causation_id) or text.",
     )
+    flower_user: str | None = Field(
+        None,
+        description="User name of Flower's HTTP basic auth (`make flower`, which does not start without it "
+        "and the password).",
+    )
+    flower_password: SecretStr | None = Field(
+        None, description="Password of Flower's HTTP basic auth; it guards Flower's /metrics too."
+    )
+    flower_address: str = Field(
+        "127.0.0.1",
+        description="Address Flower listens on: this host only by default. To serve other hosts, put TLS in "
+        "front (basic auth over plain HTTP sends the password in clear).",
+    )
+    flower_port: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
+
+    @field_validator("flower_user", "flower_password")
+    @classmethod
+    def _fit_for_basic_auth(cls, value: str | SecretStr | None, info: ValidationInfo) -> str | SecretStr | None:
+        """Flower compares credentials as ASCII strings, and a colon ends the user name."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text and not (text.isascii() and text.isprintable()):
+            raise ValueError("printable ASCII characters only (Flower's basic auth compares ASCII strings)")
+        if text and info.field_name == "flower_user" and ":" in text:
+            raise ValueError("no ':' in the user name (basic auth sends user:password)")
+        return value
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:
@@ -122,6 +155,7 @@ class Settings(BaseSettings):
         for value, variable in (
             (self.retry_cap_seconds, "CHECKOUT_RETRY_CAP_SECONDS"),
             (self.saga_deadline_seconds, "CHECKOUT_SAGA_DEADLINE_SECONDS"),
+            (self.publish_retry_seconds, "CHECKOUT_PUBLISH_RETRY_SECONDS"),
         ):
             if value >= limit:
                 raise ValueError(

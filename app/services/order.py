@@ -10,7 +10,7 @@ it, so the outcome does not depend on which message is delivered first.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,8 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    case,
+    func,
     insert,
     select,
     update,
@@ -76,6 +78,9 @@ orders = Table(
     Column("steps", JSON, nullable=False),  # step name -> done / failed / ...
     Column("failed_step", String(64)),
     Column("failure_reason", String(32)),
+    # an error callback reported this step failed before anything confirmed it: the failure
+    # event, when it comes, starts the compensation (see OrderService.review_failure)
+    Column("compensation_deferred", String(64)),
     Column("attention", String(255)),  # why a NEEDS_ATTENTION saga is parked
     Column("redrives", Integer, nullable=False, server_default="0"),  # times the sweeper re-drove it
     Column("compensated", Boolean, nullable=False),
@@ -106,6 +111,12 @@ timeline = Table(
     Column("event_type", String(64), nullable=False),
     Column("service", String(16), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # the step the event reports and how it went: attempts, and milliseconds from the
+    # step's first attempt to the event (None where the event does not say)
+    Column("step", String(64)),
+    Column("outcome", String(16)),
+    Column("attempts", Integer),
+    Column("duration_ms", Integer),
     UniqueConstraint("order_id", "event_id"),
 )
 
@@ -125,6 +136,9 @@ STEP_EVENTS: dict[str, tuple[str, str]] = {
     "InventoryCommitted": ("commit_inventory", "done"),
 }
 
+#: The order's own events that report a step of its saga (for the timeline only).
+OWN_STEP_EVENTS: dict[str, tuple[str, str]] = {"OrderCompleted": ("complete_order", "done")}
+
 TERMINAL = frozenset({"COMPLETED", "CANCELLED"})
 
 #: Not finished, and not moving on its own: a compensation gave up; an operator must act.
@@ -133,12 +147,22 @@ NEEDS_ATTENTION = "NEEDS_ATTENTION"
 #: Still in flight (possibly parked): a cancellation may still land.
 OPEN = frozenset({"PENDING", NEEDS_ATTENTION})
 
+#: What the order knows of a failure a saga's error callback reports (``failure_evidence``).
+CONFIRMED, CONTRADICTED, UNCONFIRMED = "confirmed", "contradicted", "unconfirmed"
+
 
 @dataclass(frozen=True)
 class TimelineEntry:
+    """One event of an order's story, and what it says about a step of its saga."""
+
     type: str
     service: str
     time: datetime
+    step: str | None = None  # the saga step or compensation it reports, if any
+    outcome: str | None = None  # done, failed
+    compensation: bool = False  # the step undoes another (release_inventory, void_payment ...)
+    attempts: int | None = None  # how many attempts the step took (None: not known)
+    duration_seconds: float | None = None  # from the step's first attempt's start to this event
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,26 @@ class OrderView:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class SagaCounts:
+    """How many orders there are, by where their sagas stand (for metrics)."""
+
+    placed: int
+    started: int  # sagas dispatched
+    by_status: dict[str, int]
+    cancelled_by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SagaDurations:
+    """Placement to COMPLETED or CANCELLED, as a histogram, for the orders of one status."""
+
+    status: str
+    buckets: tuple[tuple[float, int], ...]  # (upper bound in seconds, orders at most that long)
+    count: int
+    sum_seconds: float
 
 
 @dataclass(frozen=True)
@@ -365,6 +409,53 @@ class OrderService:
 
         return self.db.run(work, causation_id=causation_id)
 
+    def review_failure(self, cmd: CompensateOrder) -> str:
+        """Is the failure a saga's error callback reports borne out by what the order knows?
+
+        * ``confirmed`` — an operator or the sweeper asked (``reason`` given), a failure
+          event arrived (or a step's retries ran out), or the saga is compensating or over:
+          go ahead (:meth:`plan_compensation` still compensates at most once);
+        * ``contradicted`` — the step that "failed" is known to have succeeded: the callback
+          was spurious (Celery reports a step failed when the broker is away as the step's
+          next message is published; the step's message comes back and carries the saga
+          on). Compensating would undo a saga that succeeded;
+        * ``unconfirmed`` — neither yet. The report is kept: the failure event, when it
+          comes, starts the compensation (:meth:`deferred_compensation`); if none ever comes,
+          the sweeper re-drives the saga at its deadline.
+        """
+
+        def work(uow: UnitOfWork) -> str:
+            row = _order_row(uow, cmd.order_id)
+            if cmd.reason is not None or row.status not in OPEN or row.saga_state == "COMPENSATING":
+                return CONFIRMED
+            steps = row.steps or {}
+            if row.failure_reason is not None or "failed" in steps.values():
+                return CONFIRMED
+            if steps.get(cmd.failed_step) == "done":
+                return CONTRADICTED
+            uow.conn.execute(
+                update(orders)
+                .where(orders.c.order_id == cmd.order_id)
+                .values(compensation_deferred=cmd.failed_step, updated_at=utcnow())
+            )
+            return UNCONFIRMED
+
+        return str(self.db.run(work))
+
+    def deferred_compensation(self, order_id: str) -> CompensateOrder | None:
+        """After a failure event: the compensation an unconfirmed report put off, if it is
+        now due (None when there is none, or it is under way)."""
+
+        def work(conn: Any) -> CompensateOrder | None:
+            row = conn.execute(select(orders).where(orders.c.order_id == order_id)).first()
+            if row is None or row.compensation_deferred is None or row.failure_reason is None:
+                return None
+            if row.status not in OPEN or row.compensation_dispatched_at is not None:
+                return None
+            return CompensateOrder(order_id=order_id, failed_step=row.compensation_deferred)
+
+        return self.db.query(work)
+
     def plan_compensation(self, cmd: CompensateOrder) -> CompensationPlan | None:
         """A step failed: which compensations to run, newest first (None if dispatched already)."""
         self.saga.step(cmd.failed_step)  # KeyError for a step the saga does not have
@@ -380,6 +471,7 @@ class OrderService:
                 .values(
                     saga_state="COMPENSATING",
                     failed_step=failed_step,
+                    compensation_deferred=None,
                     failure_reason=row.failure_reason or cmd.reason,
                     updated_at=utcnow(),
                 )
@@ -424,12 +516,7 @@ class OrderService:
                 return False
             _add_to_timeline(uow, env)
             values: dict[str, Any] = {"updated_at": utcnow()}
-            step_status = _step_status(env)
-            if step_status is not None:
-                step, status = step_status
-                values["steps"] = {**(row.steps or {}), step: status}
-            if env.event_type in FAILURE_EVENTS and row.failure_reason is None:
-                values["failure_reason"] = str(env.payload["reason"])
+            values.update(learn(env, row.steps or {}, row.failure_reason))
             uow.conn.execute(update(orders).where(orders.c.order_id == env.key).values(**values))
             if row.status in OPEN:
                 self._maybe_cancel(uow, env.key)
@@ -590,6 +677,60 @@ class OrderService:
         )
         return [self.view(order_id) for order_id in ids]
 
+    def saga_counts(self) -> SagaCounts:
+        def work(conn: Any) -> SagaCounts:
+            started = func.count(orders.c.saga_dispatched_at)
+            rows = conn.execute(
+                select(orders.c.status, orders.c.reason, func.count(), started).group_by(
+                    orders.c.status, orders.c.reason
+                )
+            ).all()
+            by_status: dict[str, int] = {}
+            cancelled: dict[str, int] = {}
+            for status, reason, count, _ in rows:
+                by_status[status] = by_status.get(status, 0) + count
+                if status == "CANCELLED":
+                    cancelled[reason or "unknown"] = cancelled.get(reason or "unknown", 0) + count
+            return SagaCounts(
+                placed=sum(r[2] for r in rows),
+                started=sum(r[3] for r in rows),
+                by_status=by_status,
+                cancelled_by_reason=cancelled,
+            )
+
+        return self.db.query(work)
+
+    def saga_durations(self, bounds: tuple[float, ...]) -> list[SagaDurations]:
+        """Histograms of finished sagas' durations (placement to finish), one per terminal
+        status, counted by the database."""
+        dialect = self.db.engine.dialect.name
+        if dialect == "postgresql":
+            seconds: Any = func.extract("epoch", orders.c.finished_at - orders.c.created_at)
+        elif dialect == "sqlite":
+            seconds = (func.julianday(orders.c.finished_at) - func.julianday(orders.c.created_at)) * 86400.0
+        else:
+            raise NotImplementedError(f"saga durations are counted on PostgreSQL and SQLite, not {dialect}")
+        query = (
+            select(
+                orders.c.status,
+                func.count(),
+                func.coalesce(func.sum(seconds), 0),
+                *(func.sum(case((seconds <= bound, 1), else_=0)) for bound in bounds),
+            )
+            .where(orders.c.status.in_(TERMINAL), orders.c.finished_at.is_not(None))
+            .group_by(orders.c.status)
+        )
+        rows = self.db.query(lambda c: c.execute(query).all())
+        return [
+            SagaDurations(
+                status=row[0],
+                buckets=tuple((bound, int(n or 0)) for bound, n in zip(bounds, row[3:], strict=True)),
+                count=int(row[1]),
+                sum_seconds=float(row[2]),
+            )
+            for row in rows
+        ]
+
     # --- reading --------------------------------------------------------------------
 
     def view(self, order_id: str) -> OrderView:
@@ -606,9 +747,9 @@ class OrderService:
                 )
             )
             events = tuple(
-                TimelineEntry(r.event_type, r.service, as_utc(r.occurred_at))
+                _timeline_entry(r, self.saga)
                 for r in conn.execute(
-                    select(timeline.c.event_type, timeline.c.service, timeline.c.occurred_at)
+                    select(timeline)
                     .where(timeline.c.order_id == order_id)
                     .order_by(timeline.c.occurred_at, timeline.c.seq)
                 )
@@ -709,6 +850,7 @@ def _step_commands(uow: UnitOfWork, row: Any) -> dict[str, dict[str, Any]]:
 
 
 def _add_to_timeline(uow: UnitOfWork, env: Envelope) -> None:
+    step, outcome = _step_status(env) or OWN_STEP_EVENTS.get(env.event_type) or (None, None)
     uow.conn.execute(
         insert(timeline).values(
             order_id=env.key,
@@ -716,7 +858,28 @@ def _add_to_timeline(uow: UnitOfWork, env: Envelope) -> None:
             event_type=env.event_type,
             service=env.service,
             occurred_at=env.occurred_at,
+            step=step,
+            outcome=outcome,
+            attempts=env.attempts,
+            duration_ms=env.duration_ms,
         )
+    )
+
+
+def _timeline_entry(row: Any, saga: Saga) -> TimelineEntry:
+    # rows written before the step was kept name it by their event type alone
+    known = STEP_EVENTS.get(row.event_type) or OWN_STEP_EVENTS.get(row.event_type) or (None, None)
+    step, outcome = (row.step, row.outcome) if row.step else known
+    compensations = {s.compensation.name for s in saga.steps if s.compensation is not None}
+    return TimelineEntry(
+        type=row.event_type,
+        service=row.service,
+        time=as_utc(row.occurred_at),
+        step=step,
+        outcome=outcome,
+        compensation=step in compensations,
+        attempts=row.attempts,
+        duration_seconds=None if row.duration_ms is None else row.duration_ms / 1000,
     )
 
 
@@ -724,6 +887,75 @@ def _step_status(env: Envelope) -> tuple[str, str] | None:
     if env.event_type == "PaymentFailed":
         return (str(env.payload.get("step") or "authorize_payment"), "failed")
     return STEP_EVENTS.get(env.event_type)
+
+
+# --- the projection's rules, as pure functions ------------------------------------------
+
+
+def learn(env: Envelope, steps: dict[str, str], failure_reason: str | None) -> dict[str, Any]:
+    """What another service's event changes in the order's memory of its saga: the step it
+    reports takes that outcome, and the first failure event gives the failure reason.
+    Returns only the columns that change. :meth:`OrderService.record` applies it live;
+    :func:`fold` applies it to a whole log."""
+    values: dict[str, Any] = {}
+    step_status = _step_status(env)
+    if step_status is not None:
+        step, status = step_status
+        values["steps"] = {**steps, step: status}
+    if env.event_type in FAILURE_EVENTS and failure_reason is None:
+        values["failure_reason"] = str(env.payload["reason"])
+    return values
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    """An order as its events tell it (see :func:`fold`)."""
+
+    order_id: str
+    customer_id: str | None = None  # None: no OrderPlaced in the log
+    status: str = "PENDING"
+    reason: str | None = None
+    total_cents: int | None = None
+    currency: str | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+    failure_reason: str | None = None
+    event_ids: frozenset[str] = frozenset()
+
+
+def fold(order_id: str, events: list[Envelope]) -> OrderFacts:
+    """The order's projection rebuilt from every service's events about it, oldest first.
+
+    The order's own events carry its decisions: OrderPlaced (customer and totals),
+    OrderCompleted and OrderCancelled (status and reason; the service writes each in the
+    transaction that changes the status). Every other event goes through :func:`learn`, as
+    :meth:`OrderService.record` does live; an event seen twice counts once.
+
+    What only commands tell the service is not here: parking (NEEDS_ATTENTION and its
+    ``attention``), the saga's bookkeeping (``saga_state``, ``failed_step``,
+    ``compensated``, dispatch times, re-drives) and a failure reason that came with a
+    command (an operator's compensation, the sweeper's ``deadline_exceeded``, a step of the
+    order's own that gave up) — until the OrderCancelled that carries it.
+    """
+    facts = OrderFacts(order_id)
+    for env in events:
+        if env.event_id in facts.event_ids:
+            continue
+        changes: dict[str, Any] = {"event_ids": facts.event_ids | {env.event_id}}
+        payload = env.payload
+        if env.event_type == "OrderPlaced":
+            changes.update(
+                customer_id=str(payload["customer_id"]),
+                total_cents=int(payload["total_cents"]),
+                currency=str(payload["currency"]),
+            )
+        elif env.event_type == "OrderCompleted":
+            changes["status"] = "COMPLETED"
+        elif env.event_type == "OrderCancelled":
+            changes.update(status="CANCELLED", reason=str(payload["reason"]))
+        else:
+            changes.update(learn(env, facts.steps, facts.failure_reason))
+        facts = replace(facts, **changes)
+    return facts
 
 
 def order_rows(db: Database) -> list[dict[str, Any]]:

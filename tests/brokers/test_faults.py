@@ -62,6 +62,7 @@ from tests.brokers.test_multiprocess import (
 from tests.conftest import wait_until
 from tests.support.cluster import (
     BrokerNamespace,
+    broker_outage,
     Workers,
     brokers_up,
     rabbitmqctl,
@@ -72,12 +73,14 @@ from tests.support.cluster import (
 
 #: Every process of these tests runs with these (the test process's Settings too): a
 #: short deadline and sweep interval so the sweeper recovers a lost saga in seconds, and a
-#: visibility timeout above the deadline and every retry delay (checked at start-up).
+#: visibility timeout above the deadline, every retry delay and the publish retries (checked
+#: at start-up).
 FAULT_SETTINGS: dict[str, Any] = {
     "visibility_timeout_seconds": 30,
     "saga_deadline_seconds": 8,
     "saga_give_up_seconds": 120,
     "sweep_interval_seconds": 2,
+    "publish_retry_seconds": 20,
 }
 
 #: No tok_down: its ~5 s of retries and its dead letter would blur what the fault did.
@@ -702,3 +705,53 @@ def supervise_until_answering(
         diagnostics=lambda: f"ping errors: {ping_errors[-3:]}\n{workers.tails()}",
     )
     return died
+
+
+def connection_losses(workers: Workers) -> dict[str, int]:
+    """Per worker: how many times its log says the broker connection was lost."""
+    return {name: log_text(log).count("Connection to broker lost") for name, log in workers.logs.items()}
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+def test_broker_restart_mid_run_loses_no_order(
+    broker: BrokerNamespace,
+    system: System,
+    workers: Workers,
+    start_run: StartRun,
+    process_env: dict[str, str],
+    broker_back: None,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    plan = order_plan(FAULT_VOCABULARY)
+    assert len(plan) == FAULT_ORDERS
+    run = start_run(plan, f"restart-{broker.kind}", FAULT_PLACE_RATE)
+    findings = Findings(f"broker restart: {broker.kind} stopped and started, {broker.kind}+postgresql")
+
+    run.wait_terminal_at_least(FAULT_ORDERS // 3)
+    service_workers = [name for name in workers.logs if name not in workers.schedulers]
+    before = connection_losses(workers)
+    failures_before = len(run.placer.failures)
+    stopped = run.fault()
+    vhosts = (broker.vhost,) if broker.vhost else ()
+    with broker_outage(broker.kind, vhosts):
+        # The broker stays down until every worker has noticed, and for at least
+        # OUTAGE_SECONDS (a fault duration: how long the broker is away).
+        wait_until(
+            lambda: (
+                all(connection_losses(workers)[name] > before[name] for name in service_workers)
+                and time.monotonic() - stopped.at >= OUTAGE_SECONDS
+            ),
+            timeout=60,
+            interval=0.1,
+            what="every service worker to lose its broker connection",
+            diagnostics=lambda: f"losses {connection_losses(workers)} (before {before})\n" + workers.tails(),
+        )
+    findings.extra["broker down"] = f"{time.monotonic() - stopped.at:.1f}s (stop -> answering again)"
+    findings.extra["placement attempts failed during the outage"] = len(run.placer.failures) - failures_before
+    died = supervise_until_answering(system, workers, process_env, tmp_path)
+    findings.extra["processes restarted (as a supervisor would)"] = died or "none"
+    findings.extra["workers answering again"] = f"{time.monotonic() - stopped.at:.1f}s after the stop"
+    settle_and_check(run, findings, stopped, record_property)

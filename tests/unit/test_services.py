@@ -303,6 +303,31 @@ def test_cancel_needs_both_the_reason_and_the_compensations(services: Services, 
     assert log_types(services, "order") == ["OrderPlaced", "OrderCancelled"]
 
 
+def test_a_reported_failure_is_compensated_only_when_borne_out(services: Services) -> None:
+    """An error callback alone is not proof: the step may have succeeded (Celery reports a
+    step failed when the broker is away as its next message is published)."""
+    from app.events import InventoryReserved, PaymentAuthorized
+    from app.services.order import CONFIRMED, CONTRADICTED, UNCONFIRMED
+
+    def review(order_id: str, step: str, reason: str | None = None) -> str:
+        return services.order.review_failure(CompensateOrder(order_id=order_id, failed_step=step, reason=reason))
+
+    order_id = place(services)
+    assert review(order_id, "reserve_inventory", reason="operator") == CONFIRMED  # an operator says so
+    services.order.record(Envelope.wrap(InventoryReserved(order_id=order_id, lines=[])))
+    assert review(order_id, "reserve_inventory") == CONTRADICTED  # it succeeded
+    assert services.order.deferred_compensation(order_id) is None
+    services.order.record(Envelope.wrap(PaymentAuthorized(order_id=order_id, amount_cents=1, currency="EUR")))
+    assert review(order_id, "schedule_shipping") == UNCONFIRMED  # nothing says so yet: kept
+    assert services.order.deferred_compensation(order_id) is None  # no failure event yet
+    services.order.record(_failure(order_id))
+    due = services.order.deferred_compensation(order_id)  # the failure event confirms it
+    assert due is not None and due.failed_step == "schedule_shipping"
+    assert review(order_id, "schedule_shipping") == CONFIRMED
+    assert services.order.plan_compensation(due) is not None
+    assert services.order.deferred_compensation(order_id) is None  # under way: due once
+
+
 def test_record_is_once_per_event(services: Services) -> None:
     order_id = place(services)
     env = _failure(order_id)

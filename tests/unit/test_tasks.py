@@ -100,3 +100,30 @@ def test_backoff_grows_and_is_capped() -> None:
     for n, delay in enumerate(delays):
         ceiling = min(1.0, 0.1 * 2**n)
         assert ceiling / 2 <= delay <= ceiling
+
+
+def test_an_error_callback_compensates_only_once_a_failure_event_confirms_it(rt: Runtime) -> None:
+    from app.api import validate_order
+    from app.events import Envelope, InventoryReserved, PaymentDeclined
+    from app.services.order import orders
+
+    order_id, _ = rt.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
+
+    def saga_state() -> tuple[str, bool]:
+        row = rt.databases["order"].query(
+            lambda c: c.execute(orders.select().where(orders.c.order_id == order_id)).one()
+        )
+        return row.saga_state, row.compensation_dispatched_at is not None
+
+    compensate = rt.celery.tasks["order.compensate"]
+    record = rt.celery.tasks["order.record"]
+    record.apply(args=(Envelope.wrap(InventoryReserved(order_id=order_id, lines=[])).to_wire(),))
+    # a spurious report: the step succeeded
+    assert compensate.apply(args=({"order_id": order_id, "failed_step": "reserve_inventory"},)).successful()
+    assert saga_state() == ("RUNNING", False)
+    # a report nothing confirms yet is kept, not acted on ...
+    assert compensate.apply(args=({"order_id": order_id, "failed_step": "schedule_shipping"},)).successful()
+    assert saga_state() == ("RUNNING", False)
+    # ... until the failure event arrives
+    record.apply(args=(Envelope.wrap(PaymentDeclined(order_id=order_id, reason="card_declined")).to_wire(),))
+    assert saga_state() == ("COMPENSATING", True)
