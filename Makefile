@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint bench worker-order worker-inventory worker-payment worker-shipping flower metrics clean
+.PHONY: help install demo test test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -34,6 +34,22 @@ bench: $(STAMP)  ## measure sagas/sec against a raw-Celery baseline (writes benc
 
 worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
 	$(BIN)/celery -A workers.$* worker -Q $* -n $*@%h --loglevel=INFO
+
+# `make up` runs these processes of the Procfile: every service worker, beat and the outbox
+# relay; Flower too once CHECKOUT_FLOWER_USER and CHECKOUT_FLOWER_PASSWORD are set; the
+# metrics exporter with METRICS=1.
+UP_PROCESSES = order inventory payment shipping beat relay \
+	$(if $(and $(CHECKOUT_FLOWER_USER),$(CHECKOUT_FLOWER_PASSWORD)),flower) $(if $(filter 1 yes true,$(METRICS)),metrics)
+
+up: $(STAMP)  ## run every worker, beat and the relay as separate processes (needs CHECKOUT_BROKER_URL, _DATABASE_URL)
+	@case "$${CHECKOUT_BROKER_URL:-memory://}" in memory://*) \
+	  echo "make up: set CHECKOUT_BROKER_URL to the Redis or RabbitMQ to use, e.g. redis://127.0.0.1:6379/0 -" \
+	    "the embedded memory:// broker lives inside one process, so separate processes cannot share it" \
+	    "(make demo runs embedded)" >&2; exit 2;; esac
+	@[ -n "$$CHECKOUT_DATABASE_URL" ] || { echo "make up: set CHECKOUT_DATABASE_URL, e.g." \
+	  "postgresql+psycopg://postgres@127.0.0.1/checkout (every process must use the same database)" >&2; exit 2; }
+	@$(BIN)/python -m app settings >/dev/null
+	@PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --env /dev/null --procfile Procfile $(UP_PROCESSES)
 
 flower: $(STAMP)  ## run Flower on the configured broker (basic auth: CHECKOUT_FLOWER_USER, _PASSWORD)
 	$(BIN)/python -m app.flower

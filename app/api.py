@@ -77,14 +77,33 @@ def _current() -> System:
     return _system if _system is not None else start()
 
 
+#: Longest field name or offending value an InvalidOrder message quotes.
+QUOTED_CHARS = 40
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
     name = ""
     for part in loc:
         if isinstance(part, int):
             name += f"[{part}]"
         else:
-            name += f".{part}" if name else str(part)
+            text = str(part)  # an unexpected key is the caller's: quote no more than a glance of it
+            text = text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
+            name += f".{text}" if name else text
     return name or "order"
+
+
+def _shown(value: Any) -> str:
+    """`` (got <value>)`` for a short scalar input, else nothing (never the repr of a huge
+    input: an int of thousands of digits cannot even be turned into a string)."""
+    if isinstance(value, str) and len(value) > QUOTED_CHARS:
+        return ""
+    if isinstance(value, int) and abs(value) >= 10**QUOTED_CHARS:
+        return ""
+    if not isinstance(value, (str, int, float)):
+        return ""
+    text = repr(value)
+    return f" (got {text})" if len(text) <= QUOTED_CHARS else ""
 
 
 def validate_order(
@@ -109,8 +128,7 @@ def validate_order(
         )
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        got = error.get("input")
-        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 40 else ""
+        shown = _shown(error.get("input"))
         message = str(error["msg"]).removeprefix("Value error, ")
         raise InvalidOrder(_field_name(tuple(error["loc"])), f"{message}{shown}") from None
 

@@ -40,6 +40,10 @@ class Relay:
 
     def publish(self, service: str, events: list[Envelope]) -> None:
         """Send committed events to their consumers; a failure leaves them for the sweep."""
+        self.send(service, events)
+
+    def send(self, service: str, events: list[Envelope]) -> int:
+        """:meth:`publish`, saying how many of the events were sent (the rest stay unpublished)."""
         sent: list[str] = []
         try:
             for env in events:
@@ -56,6 +60,7 @@ class Relay:
                 self.databases[service].mark_published(sent)
             except Exception:  # harmless: they will be sent again and absorbed
                 log.warning("could not mark %d event(s) of %s published", len(sent), service, exc_info=True)
+        return len(sent)
 
     def sweep(self, service: str, older_than_seconds: float) -> int:
         """Publish the service's committed-but-unpublished events. Returns how many."""

@@ -376,6 +376,8 @@ def cmd_sweep(_args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    import socket
+
     from app.health import check
     from app.runtime import Runtime
     from config.settings import SERVICES
@@ -383,12 +385,25 @@ def cmd_health(args: argparse.Namespace) -> int:
     services = tuple(args.service) if args.service else SERVICES
     rt = Runtime()
     try:
-        results = check(rt, services, timeout=args.timeout)
+        results = check(rt, services, timeout=args.timeout, host=socket.gethostname() if args.this_host else None)
     finally:
         rt.close()
     for result in results:
         print(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:<20} {result.detail}")
     return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from app import relay
+    from config.settings import load_settings
+
+    settings = load_settings()
+    if args.check:
+        ok, detail = relay.check(settings)
+        print(f"{'ok  ' if ok else 'FAIL'}  relay  {detail}")
+        return 0 if ok else 1
+    use_log_format(settings.log_format)  # a service process: its lines look like the workers'
+    return relay.main(settings, once=args.once)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -414,6 +429,82 @@ def cmd_db_init(_args: argparse.Namespace) -> int:
     finally:
         rt.close()
     print("tables created (where missing); catalog and stock seeded")
+    return 0
+
+
+SERVICE_NAMES = ("order", "inventory", "payment", "shipping")
+
+
+def _service_databases(only: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(service, database URL) of each service asked for (all by default)."""
+    from config.settings import SERVICES, Settings
+
+    settings = Settings()
+    return [(service, settings.database_url_for(service)) for service in SERVICES if not only or service in only]
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app import migrations
+    from app.db import make_engine
+
+    targets = _service_databases(args.service)
+    if args.sql:
+        for service, url in targets:
+            print(f"-- {service} service ({_shown(url)}), version table {migrations.version_table(service)}")
+            migrations.upgrade_sql(service, url, sys.stdout)
+        return 0
+    engines: dict[str, Any] = {}
+    try:
+        for service, url in targets:
+            engine = engines.setdefault(url, make_engine(url))
+            done = migrations.upgrade(engine, service, migrations.service_metadata(service))
+            print(f"{done.summary()}  ({_shown(url)})")
+    except migrations.SchemaNotCurrent as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from app import migrations
+    from app.db import make_engine
+
+    rows, behind = [], False
+    for service, url in _service_databases(args.service):
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                found = migrations.state(conn, service, migrations.service_metadata(service))
+                at = migrations.current(conn, service) if found == migrations.MANAGED else None
+        finally:
+            engine.dispose()
+        head = migrations.head(service)
+        behind = behind or at != head
+        rows.append((service, at or f"({found})", head, "yes" if at == head else "no", _shown(url)))
+    print(_table(rows, ("service", "revision", "head", "current", "database")))
+    return 1 if behind else 0
+
+
+def cmd_db_history(args: argparse.Namespace) -> int:
+    from app import migrations
+    from config.settings import SERVICES
+
+    rows = []
+    for service in SERVICES:
+        if args.service and service not in args.service:
+            continue
+        for script in migrations.history(service):
+            rows.append((service, script.revision, script.down_revision or "", script.doc.splitlines()[0]))
+    print(_table(rows, ("service", "revision", "after", "what")))
     return 0
 
 
@@ -496,12 +587,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rt = _runtime()
     try:
         try:
-            plan = plan_replay(rt.databases, selection, args.to)
+            plan = plan_replay(rt.databases, selection, args.to, rt.subscriptions)
         except ReplayError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if args.dry_run:
-            _replay_listing(plan, selection, args.show)
+            _replay_listing(plan, selection, args.show, rt.subscriptions)
             return 0
         if not plan.events:
             print(f"0 events sent to {plan.consumer}, {len(plan.skipped)} skipped ({selection})")
@@ -524,16 +615,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         system.stop()
 
 
-def _replay_listing(plan: Any, selection: Any, show: int) -> None:
-    from app.subscriptions import consumers_of
-
+def _replay_listing(plan: Any, selection: Any, show: int, table: dict[str, tuple[str, ...]]) -> None:
     print(
         f"dry run ({selection}): {len(plan.events)} events would be sent to {plan.consumer}, "
         f"{len(plan.skipped)} skipped; nothing sent"
     )
     rows: list[tuple[Any, ...]] = [(t, n, plan.consumer) for t, n in sorted(plan.by_type().items())]
     for event_type, n in sorted(plan.by_type(plan.skipped).items()):
-        others = ", ".join(consumers_of(event_type)) or "none"
+        others = ", ".join(table.get(event_type, ())) or "none"
         rows.append((event_type, n, f"skipped (its consumers: {others})"))
     print(_table(rows, ("event", "count", "to")))
     if plan.already_handled:
@@ -622,10 +711,37 @@ def cmd_settings(_args: argparse.Namespace) -> int:
     current = Settings()
     rows = []
     for env, default, description in variables():
-        value = getattr(current, env.removeprefix("CHECKOUT_").lower())
-        rows.append((env, "" if value is None else value, description))
+        rows.append((env, current.shown(env.removeprefix("CHECKOUT_").lower()), description))
     print(_table(rows, ("variable", "value", "meaning")))
     return 0
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.mode:
+        return str(args.mode)
+    from config.settings import load_settings
+
+    return load_settings().saga_mode
+
+
+def cmd_events_graph(args: argparse.Namespace) -> int:
+    from app.eventgraph import mermaid
+
+    print(mermaid(_mode(args)))
+    return 0
+
+
+def cmd_events_check(args: argparse.Namespace) -> int:
+    from app.eventgraph import problems
+    from app.subscriptions import MODES
+
+    modes = MODES if args.mode == "all" else (_mode(args),)
+    found = [problem for mode in modes for problem in problems(mode)]
+    for problem in found:
+        print(f"error: {problem}", file=sys.stderr)
+    if not found:
+        print(f"event graph: every event has a consumer and every failure reaches a compensation ({', '.join(modes)})")
+    return 1 if found else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -718,6 +834,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("order", "inventory", "payment", "shipping"),
         help="check only what this service needs (repeatable)",
     )
+    health.add_argument(
+        "--this-host",
+        action="store_true",
+        help="count only the workers named <service>@<this host> (-n <service>@%%h): a container's own",
+    )
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer (default 2)")
     health.set_defaults(func=cmd_health)
 
@@ -731,10 +852,39 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--once", action="store_true", help="print one scrape's text to stdout and exit")
     metrics.set_defaults(func=cmd_metrics)
 
+    relay = sub.add_parser(
+        "relay",
+        help="send what every service's outbox still holds, every CHECKOUT_OUTBOX_SWEEP_SECONDS, until stopped",
+        description="The outbox relay: every CHECKOUT_OUTBOX_SWEEP_SECONDS, send the events any service's outbox "
+        "still holds (older than CHECKOUT_OUTBOX_GRACE_SECONDS), logging what it sent; its log lines follow "
+        "CHECKOUT_LOG_FORMAT, like the workers'. Stops on SIGTERM or SIGINT.",
+    )
+    relay.add_argument("--once", action="store_true", help="one round, then exit (1 if something was left)")
+    relay.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if the running relay's heartbeat (CHECKOUT_RELAY_HEARTBEAT_FILE) is fresh, else 1",
+    )
+    relay.set_defaults(func=cmd_relay)
+
     db = sub.add_parser("db", help="database chores")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    init = db_sub.add_parser("init", help="create missing tables and seed the catalog and stock")
+    init = db_sub.add_parser(
+        "init", help="create missing tables (or check a migrated database is current) and seed catalog and stock"
+    )
     init.set_defaults(func=cmd_db_init)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="migrate every service's database to this version's schema (adopts one from before)"
+    )
+    upgrade.add_argument("--sql", action="store_true", help="print the SQL from an empty database instead")
+    upgrade.add_argument("--service", action="append", choices=SERVICE_NAMES, help="only this service (repeatable)")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+    current = db_sub.add_parser("current", help="each service's schema revision and the head; exit 1 if behind")
+    current.add_argument("--service", action="append", choices=SERVICE_NAMES, help="only this service (repeatable)")
+    current.set_defaults(func=cmd_db_current)
+    history = db_sub.add_parser("history", help="each service's migrations, newest first")
+    history.add_argument("--service", action="append", choices=SERVICE_NAMES, help="only this service (repeatable)")
+    history.set_defaults(func=cmd_db_history)
 
     replay = sub.add_parser(
         "replay",
@@ -768,6 +918,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: rebuild the order projection from the logs and print its diff against the live one",
     )
     replay.set_defaults(func=cmd_replay, replay_parser=replay)
+
+    events = sub.add_parser("events", help="the event graph: who consumes what, in either saga mode")
+    events_sub = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    graph = events_sub.add_parser("graph", help="print the event graph (Mermaid flowchart) from the subscription table")
+    graph.add_argument(
+        "--mode", choices=("orchestration", "choreography"), help="saga mode (default: CHECKOUT_SAGA_MODE)"
+    )
+    graph.set_defaults(func=cmd_events_graph)
+    check = events_sub.add_parser(
+        "check", help="exit 1 naming each event with no consumer or failure event with no path to a compensation"
+    )
+    check.add_argument(
+        "--mode",
+        choices=("orchestration", "choreography", "all"),
+        help="saga mode, or all of them (default: CHECKOUT_SAGA_MODE)",
+    )
+    check.set_defaults(func=cmd_events_check)
 
     settings = sub.add_parser("settings", help="every CHECKOUT_* variable, its value here and its meaning")
     settings.set_defaults(func=cmd_settings)

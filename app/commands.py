@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.events import CURRENCY_PATTERN
-from app.values import MAX_LINES, Address, Line
+from app.values import MAX_INT, MAX_LINES, Address, Line, Lines, Text
 
 
 class Command(BaseModel):
@@ -19,7 +19,7 @@ class Command(BaseModel):
 
 
 class ReserveInventory(Command):
-    lines: tuple[Line, ...] = Field(min_length=1, max_length=MAX_LINES)
+    lines: Lines = Field(min_length=1, max_length=MAX_LINES)
 
 
 class ReleaseInventory(Command):
@@ -27,7 +27,7 @@ class ReleaseInventory(Command):
 
 
 class AuthorizePayment(Command):
-    amount_cents: int = Field(ge=0)
+    amount_cents: int = Field(ge=0, le=MAX_INT)
     currency: str = Field(pattern=CURRENCY_PATTERN)
     payment_token: str = Field(min_length=1, max_length=64)
 
@@ -77,11 +77,11 @@ class PlaceOrder(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     customer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")
-    items: tuple[Line, ...] = Field(min_length=1, max_length=MAX_LINES)
+    items: Lines = Field(min_length=1, max_length=MAX_LINES)
     payment_token: str = Field("tok_ok", min_length=1, max_length=64, pattern=r"^tok_[A-Za-z0-9_]+$")
     ship_to: Address
     currency: str = Field("EUR", pattern=CURRENCY_PATTERN)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+    idempotency_key: Text | None = Field(None, min_length=1, max_length=128)
 
 
 class ParkOrder(Command):

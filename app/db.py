@@ -41,13 +41,12 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app import attempts
+from app import attempts, migrations
 from app.events import Envelope, Event
 
 T = TypeVar("T")
@@ -337,15 +336,27 @@ class Database:
                 return work(conn)
 
     def create_schema(self) -> None:
-        """Create this service's tables if they are missing, and add columns a newer version
-        added (nullable or defaulted ones; anything else is refused with what to do).
-        Safe from many processes at once."""
+        """Make sure this service's tables are there, as the code expects them. Safe from many
+        processes at once.
+
+        On an empty database, create them and record the migrations' head (the same schema:
+        see :mod:`app.migrations`). On a database under migrations, change nothing: refuse
+        (:class:`app.migrations.SchemaNotCurrent`, naming ``python -m app db upgrade``) unless
+        it is at the head. On one from before migrations, create missing tables and add
+        columns a newer version added (nullable or defaulted ones; anything else is refused
+        with what to do)."""
         with self._schema_lock, self.engine.connect() as conn:
             with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+                migrations.lock(conn)
+                found = migrations.state(conn, self.service, self.metadata)
+                if found == migrations.MANAGED:
+                    migrations.check_current(conn, self.service, self.metadata)
+                    return
                 self.metadata.create_all(conn, checkfirst=True)
-                _add_missing_columns(conn, self.metadata)
+                if found == migrations.FRESH:
+                    migrations.stamp(conn, self.service, migrations.head(self.service))
+                else:
+                    _add_missing_columns(conn, self.metadata)
 
     def unpublished(self, older_than_seconds: float, limit: int = 500) -> list[Envelope]:
         events = self.tables.events

@@ -12,6 +12,7 @@ caller's business (``app/dlq.py``).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,28 @@ class DeadLetter:
     message_key: str
 
 
+def storable_text(text: str) -> str:
+    """``text`` as every database takes it: PostgreSQL's text refuses NUL characters, and
+    a malformed message can put them anywhere (a field name in the reason, say)."""
+    return text.replace("\x00", "\\x00")
+
+
+def storable_json(value: Any) -> Any:
+    """``value`` as every JSON column takes it: no NaN or infinity (PostgreSQL's json
+    refuses them), no int too long to print, no NUL in a string or key."""
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable_json(v) for v in value]
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return f"<int of {value.bit_length()} bits>"
+    return value
+
+
 def summarize_traceback(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if len(lines) <= TRACEBACK_LINES:
@@ -78,6 +101,10 @@ class DeadLetterStore:
         db = self.databases[service]
         table = db.tables.dead_letters
         now = utcnow()
+        # what a malformed message names may be any text: keep it storable and within its column
+        message_key = storable_text(message_key)[:255]
+        task = storable_text(task)[:128] if task is not None else None
+        order_id = storable_text(order_id)[:64] if order_id is not None else None
 
         def work(uow: UnitOfWork) -> str:
             existing = (
@@ -90,11 +117,11 @@ class DeadLetterStore:
                 else None
             )
             values = {
-                "reason": reason[:255],
-                "error": error,
-                "traceback": summarize_traceback(traceback),
+                "reason": storable_text(reason)[:255],
+                "error": storable_text(error),
+                "traceback": storable_text(summarize_traceback(traceback)),
                 "last_failed_at": now,
-                "message": message,
+                "message": storable_json(message),
             }
             if existing is not None:
                 uow.conn.execute(

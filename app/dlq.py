@@ -50,6 +50,11 @@ class DeadLetterOps:
     def redrive(self, letter_id: str) -> Redriven:
         """Send one dead letter again, retries reset."""
         letter = self.store.get(letter_id)
+        if letter.message.get("truncated"):
+            raise ValueError(
+                f"dead letter {letter.id} kept only the first bytes of a {letter.message.get('size')}-byte message "
+                "(over CHECKOUT_MAX_MESSAGE_BYTES); it cannot be sent again: purge it"
+            )
         # Mark it first: if the message dies again at once, that is a new dead letter,
         # not an update of this one.
         if not self.store.set_status(letter, REDRIVEN, only_if=DEAD):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.values import Address, Line
+from app.values import MAX_INT, Address, Line
 
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 
@@ -65,22 +65,24 @@ def event(type_: str, topic: str, version: int = 1) -> Callable[[E], E]:
 
 @event("OrderPlaced", "orders.order.placed")
 class OrderPlaced(Event):
-    customer_id: str
+    customer_id: str = Field(min_length=1, max_length=64)
     ship_to: Address
     lines: tuple[Line, ...]
-    total_cents: int = Field(ge=0)
+    total_cents: int = Field(ge=0, le=MAX_INT)
     currency: str = Field(pattern=CURRENCY_PATTERN)
+    #: only in choreography, where payment authorizes from this event (an opaque gateway token)
+    payment_token: str | None = Field(None, min_length=1, max_length=64)
 
 
 @event("OrderCompleted", "orders.order.completed")
 class OrderCompleted(Event):
-    total_cents: int = Field(ge=0)
+    total_cents: int = Field(ge=0, le=MAX_INT)
     currency: str = Field(pattern=CURRENCY_PATTERN)
 
 
 @event("OrderCancelled", "orders.order.cancelled")
 class OrderCancelled(Event):
-    reason: str
+    reason: str = Field(min_length=1, max_length=32)
 
 
 # --- inventory -----------------------------------------------------------------------
@@ -93,8 +95,8 @@ class InventoryReserved(Event):
 
 @event("InventoryReservationFailed", "inventory.stock.reservation_failed")
 class InventoryReservationFailed(Event):
-    reason: str
-    sku: str | None = None
+    reason: str = Field(min_length=1, max_length=32)
+    sku: str | None = Field(None, max_length=32)
 
 
 @event("InventoryReleased", "inventory.stock.released")
@@ -112,34 +114,34 @@ class InventoryCommitted(Event):
 
 @event("PaymentAuthorized", "payments.payment.authorized")
 class PaymentAuthorized(Event):
-    amount_cents: int = Field(ge=0)
+    amount_cents: int = Field(ge=0, le=MAX_INT)
     currency: str = Field(pattern=CURRENCY_PATTERN)
 
 
 @event("PaymentDeclined", "payments.payment.declined")
 class PaymentDeclined(Event):
-    reason: str
+    reason: str = Field(min_length=1, max_length=32)
 
 
 @event("PaymentCaptured", "payments.payment.captured")
 class PaymentCaptured(Event):
-    amount_cents: int = Field(ge=0)
+    amount_cents: int = Field(ge=0, le=MAX_INT)
     currency: str = Field(pattern=CURRENCY_PATTERN)
 
 
 @event("PaymentVoided", "payments.payment.voided")
 class PaymentVoided(Event):
-    amount_cents: int = Field(ge=0)
+    amount_cents: int = Field(ge=0, le=MAX_INT)
 
 
 @event("PaymentRefunded", "payments.payment.refunded")
 class PaymentRefunded(Event):
-    amount_cents: int = Field(ge=0)
+    amount_cents: int = Field(ge=0, le=MAX_INT)
 
 
 @event("PaymentFailed", "payments.payment.failed")
 class PaymentFailed(Event):
-    reason: str
+    reason: str = Field(min_length=1, max_length=32)
     step: str | None = Field(None, max_length=64)
 
 
@@ -148,13 +150,13 @@ class PaymentFailed(Event):
 
 @event("ShipmentScheduled", "shipping.shipment.scheduled")
 class ShipmentScheduled(Event):
-    tracking_ref: str
-    country: str
+    tracking_ref: str = Field(min_length=1, max_length=64)
+    country: str = Field(min_length=2, max_length=2)
 
 
 @event("ShipmentFailed", "shipping.shipment.failed")
 class ShipmentFailed(Event):
-    reason: str
+    reason: str = Field(min_length=1, max_length=32)
 
 
 @event("ShipmentCancelled", "shipping.shipment.cancelled")
@@ -168,14 +170,26 @@ FAILURE_EVENTS: frozenset[str] = frozenset(
 )
 
 
-class Envelope(BaseModel):
-    """The one shape every event has on the wire and in the log."""
+class UnreadableEvent(ValueError):
+    """An event this code has no model for: an unknown type, or a version other than the
+    one registered for its type."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class Envelope(BaseModel):
+    """The one shape every event has on the wire and in the log.
+
+    A tolerant reader of its own metadata: a field it does not know (one a newer producer
+    added, like ``attempts`` and ``duration_ms`` were) is ignored, so adding optional
+    envelope metadata never breaks a worker still running older code. The payload is not:
+    :meth:`open` validates it strictly against the model registered for its type and
+    version, and every event consumer does so before acting (``app/tasks.py``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     event_id: str = Field(min_length=1, max_length=64)
     event_type: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
     topic: str = Field(min_length=1, max_length=128)
     occurred_at: datetime
     key: str = Field(min_length=1, max_length=64)
@@ -184,8 +198,8 @@ class Envelope(BaseModel):
     payload: dict[str, Any]
     # Optional metadata of an event a saga step or compensation emitted (see app/attempts.py):
     # how many attempts the step took, and how long from its first attempt's start to this event.
-    attempts: int | None = Field(None, ge=1)
-    duration_ms: int | None = Field(None, ge=0)
+    attempts: int | None = Field(None, ge=1, le=MAX_INT)
+    duration_ms: int | None = Field(None, ge=0, le=MAX_INT)
 
     @classmethod
     def wrap(
@@ -217,8 +231,21 @@ class Envelope(BaseModel):
         return REGISTRY[self.event_type].SERVICE
 
     def open(self) -> Event:
-        """The typed payload; raises ``KeyError`` for an unknown type, ``ValidationError`` for a bad one."""
-        return REGISTRY[self.event_type].model_validate(self.payload)
+        """The typed payload, validated against the model registered for the event's type.
+
+        Raises :class:`UnreadableEvent` for an unknown type or a version other than the
+        registered one (a newer producer's: this code cannot know what it means), and
+        ``ValidationError`` for a payload that does not fit the model — a field missing or
+        wrong, or one the model does not have (payload models forbid unknown fields).
+        """
+        cls = REGISTRY.get(self.event_type)
+        if cls is None:
+            raise UnreadableEvent(f"unknown event type {self.event_type!r}")
+        if self.version != cls.VERSION:
+            raise UnreadableEvent(
+                f"{self.event_type} version {self.version}: this code reads version {cls.VERSION} only"
+            )
+        return cls.model_validate(self.payload)
 
     def to_wire(self) -> dict[str, Any]:
         wire = self.model_dump(mode="json")

@@ -25,6 +25,7 @@ from flower.options import default_options
 from flower.views.monitor import Metrics
 from tornado import web
 
+from app import signing
 from config.celery import celery_config
 from config.settings import Settings, load_settings
 
@@ -76,6 +77,7 @@ def monitor_app(settings: Settings) -> Celery:
     and no tasks or database of its own."""
     app = Celery("checkout", set_as_current=False)
     app.conf.update(celery_config(settings))
+    signing.install(app, settings)  # Flower's control messages are signed like everyone's
     return app
 
 

@@ -62,27 +62,27 @@ class Selection:
         return ", ".join(parts) or "every event"
 
 
-def consumers() -> dict[str, tuple[str, ...]]:
+def consumers(table: Mapping[str, tuple[str, ...]] = SUBSCRIPTIONS) -> dict[str, tuple[str, ...]]:
     """Each consumer task of the subscription table, and the event types it handles."""
     handled: dict[str, list[str]] = defaultdict(list)
-    for event_type, tasks in SUBSCRIPTIONS.items():
+    for event_type, tasks in table.items():
         for task in tasks:
             handled[task].append(event_type)
     return {task: tuple(types) for task, types in sorted(handled.items())}
 
 
-def check(selection: Selection, consumer: str) -> tuple[str, ...]:
+def check(selection: Selection, consumer: str, table: Mapping[str, tuple[str, ...]] = SUBSCRIPTIONS) -> tuple[str, ...]:
     """Refuse an unknown event type or consumer, or a consumer of none of the types asked
     for; return the event types the consumer handles."""
     unknown = [t for t in selection.types if t not in REGISTRY]
     if unknown:
         raise ReplayError(f"unknown event type {', '.join(map(repr, unknown))}; known types: {', '.join(REGISTRY)}")
-    known = consumers()
+    known = consumers(table)
     if consumer not in known:
         raise ReplayError(f"unknown consumer {consumer!r}; consumers: {', '.join(known)}")
     handled = known[consumer]
     if selection.types and not set(selection.types) & set(handled):
-        who = sorted({task for t in selection.types for task in SUBSCRIPTIONS.get(t, ())})
+        who = sorted({task for t in selection.types for task in table.get(t, ())})
         raise ReplayError(
             f"{consumer} does not subscribe to {', '.join(selection.types)}; "
             f"{'consumers of them: ' + ', '.join(who) if who else 'no task subscribes to them'} "
@@ -118,10 +118,16 @@ class ReplayPlan:
         return Counter(env.event_type for env in (self.events if events is None else events))
 
 
-def plan_replay(databases: Mapping[str, Database], selection: Selection, consumer: str) -> ReplayPlan:
-    """What replaying ``selection`` to ``consumer`` sends, and what it skips. Raises
-    :class:`ReplayError` for an unknown type or consumer (see :func:`check`)."""
-    handled = set(check(selection, consumer))
+def plan_replay(
+    databases: Mapping[str, Database],
+    selection: Selection,
+    consumer: str,
+    table: Mapping[str, tuple[str, ...]] = SUBSCRIPTIONS,
+) -> ReplayPlan:
+    """What replaying ``selection`` to ``consumer`` sends, and what it skips (``table``: the
+    subscription table of the system's saga mode). Raises :class:`ReplayError` for an
+    unknown type or consumer (see :func:`check`)."""
+    handled = set(check(selection, consumer, table))
     selected = select_events(databases, selection)
     events = tuple(env for env in selected if env.event_type in handled)
     skipped = tuple(env for env in selected if env.event_type not in handled)

@@ -10,6 +10,7 @@ import logging
 from types import ModuleType
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed
 from celery import Celery, signals
 from sqlalchemy import Engine
 
@@ -20,7 +21,7 @@ from app.canvas import check_canvas_settings
 from app.catalog import CATALOG
 from app.db import Database, make_engine
 from app.deadletters import DeadLetterStore
-from app import telemetry
+from app import signing, telemetry
 from app.logs import quiet_expected_failures
 from app.saga import CHECKOUT
 from app.services import inventory, order, payment, shipping
@@ -28,6 +29,7 @@ from app.services.inventory import InventoryService
 from app.services.order import OrderService
 from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
+from app.subscriptions import CHOREOGRAPHY, subscriptions
 from app.tasks import CeleryPublisher, register_tasks
 from config.celery import celery_config, dead_letter_queues
 from config.settings import SERVICES, Settings, load_settings
@@ -59,19 +61,30 @@ class Runtime:
         self.dead_letters = DeadLetterStore(self.databases)
         self.gateway = FakePaymentGateway(self.databases["payment"].engine)
         self.carrier = FakeCarrier()
-        self.order = OrderService(self.databases["order"], deadline_seconds=self.settings.saga_deadline_seconds)
+        self.choreography = self.settings.saga_mode == CHOREOGRAPHY
+        self.order = OrderService(
+            self.databases["order"],
+            deadline_seconds=self.settings.saga_deadline_seconds,
+            choreography=self.choreography,
+        )
         self.inventory = InventoryService(self.databases["inventory"])
         self.payment = PaymentService(self.databases["payment"], self.gateway)
         self.shipping = ShippingService(self.databases["shipping"], self.carrier)
         self.celery = self.make_celery()
-        self.relay = Relay(self.databases, CeleryPublisher(self.celery))
+        self.subscriptions = subscriptions(self.settings.saga_mode)
+        self.relay = Relay(self.databases, CeleryPublisher(self.celery), self.consumers_of)
         for db in self.databases.values():
             db.after_commit(self.relay.publish)
+
+    def consumers_of(self, event_type: str) -> tuple[str, ...]:
+        """The tasks an event is delivered to, in this system's saga mode."""
+        return self.subscriptions.get(event_type, ())
 
     def make_celery(self, name: str = "checkout") -> Celery:
         """A Celery app configured for this system, with every task registered."""
         app = Celery(name, set_as_current=False)
         app.conf.update(celery_config(self.settings))
+        signing.install(app, self.settings)
         app.checkout_runtime = self  # for the worker's consumer (app/consumer.py)
         telemetry.install(self.settings.log_format)
         check_canvas_settings(app.conf)
@@ -95,10 +108,18 @@ class Runtime:
         them the broker silently drops dead letters)."""
         queues = list(self.celery.amqp.queues.values())
         if self.settings.broker_kind == "amqp":
-            queues += dead_letter_queues()
+            queues += dead_letter_queues(self.settings.rabbitmq_queue_type)
         with self.celery.connection_for_write() as conn:
             for queue in queues:
-                queue(conn.default_channel).declare()
+                try:
+                    queue(conn.default_channel).declare()
+                except PreconditionFailed as exc:
+                    # RabbitMQ never changes a queue's arguments in place (its type, its delivery limit)
+                    raise RuntimeError(
+                        f"queue {queue.name} exists on the broker with other arguments ({exc.reply_text}): set "
+                        "CHECKOUT_RABBITMQ_QUEUE_TYPE and CHECKOUT_RABBITMQ_DELIVERY_LIMIT as it was declared, or "
+                        "drain and delete it first (README: RabbitMQ quorum queues)"
+                    ) from exc
 
     def after_fork(self) -> None:
         """In a forked worker child: drop connections inherited from the parent."""
@@ -114,7 +135,8 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     """The Celery app of one service's worker process (``celery -A workers.<service> worker``).
 
     It consumes its own queue by default, prepares its tables when the worker starts,
-    sweeps its outbox periodically, and reopens database connections in each pool child.
+    sweeps its outbox periodically (unless CHECKOUT_WORKER_OUTBOX_SWEEP=false: the relay process
+    does), and reopens database connections in each pool child.
     """
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
@@ -145,6 +167,8 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     @signals.worker_ready.connect(weak=False)
     def _start_sweeper(**_: Any) -> None:
         settings = rt.settings
+        if not settings.worker_outbox_sweep:  # the outbox relay process sweeps instead
+            return
         sweeper["thread"] = outbox_sweeper(
             rt.relay, (service,), settings.outbox_sweep_seconds, settings.outbox_grace_seconds
         )

@@ -1,12 +1,26 @@
-"""Who handles what: each event type and the tasks it triggers. The one table of it.
+"""Who handles what: each event type and the tasks it triggers. The one table of it, per
+saga mode.
 
 The relay (``app/bus.py``) publishes every event, after the transaction that wrote it
-commits, to each task listed here. Consumers are idempotent by event id.
+commits, to each task listed for its type. Consumers are idempotent by event id (or, for
+a saga step, by ``(order, step)``).
+
+* Orchestration: a Celery canvas drives the steps; events only tell the order service how
+  its saga went, and the order's own events finish the stock's story.
+* Choreography: no canvas. Inventory and payment act on ``OrderPlaced``; shipping joins
+  ``OrderPlaced``, ``InventoryReserved`` and ``PaymentAuthorized`` in its own table and
+  schedules once it has all three; payment captures on ``ShipmentScheduled``; the order
+  completes on ``PaymentCaptured``. A failure event (or ``OrderCancelled``) makes every
+  service undo its own part; the order service projects status and reason from events.
 """
 
 from __future__ import annotations
 
-from app.events import REGISTRY
+from app.events import FAILURE_EVENTS, REGISTRY
+
+ORCHESTRATION = "orchestration"
+CHOREOGRAPHY = "choreography"
+MODES = (ORCHESTRATION, CHOREOGRAPHY)
 
 #: The order service follows every other service's events to keep the saga's memory.
 _ORDER_FOLLOWS = ("order.record",)
@@ -18,6 +32,34 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     **{name: _ORDER_FOLLOWS for name, cls in REGISTRY.items() if cls.SERVICE != "order"},
 }
 
+#: Each service's own compensation, run on any failure event and on OrderCancelled.
+UNDO_OWN_PART = ("inventory.undo", "payment.undo", "shipping.undo")
 
-def consumers_of(event_type: str) -> tuple[str, ...]:
-    return SUBSCRIPTIONS.get(event_type, ())
+CHOREOGRAPHY_SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    **{name: _ORDER_FOLLOWS for name, cls in REGISTRY.items() if cls.SERVICE != "order"},
+    "OrderPlaced": ("inventory.reserve_on_placed", "payment.authorize_on_placed", "shipping.join"),
+    "InventoryReserved": (*_ORDER_FOLLOWS, "shipping.join"),
+    "PaymentAuthorized": (*_ORDER_FOLLOWS, "shipping.join"),
+    "ShipmentScheduled": (*_ORDER_FOLLOWS, "payment.capture_on_scheduled"),
+    "PaymentCaptured": (*_ORDER_FOLLOWS, "order.complete_on_captured"),
+    **{name: (*_ORDER_FOLLOWS, *UNDO_OWN_PART) for name in sorted(FAILURE_EVENTS)},
+    "OrderCompleted": ("inventory.commit",),
+    "OrderCancelled": ("inventory.release_on_cancel", *UNDO_OWN_PART),
+}
+
+TABLES: dict[str, dict[str, tuple[str, ...]]] = {
+    ORCHESTRATION: SUBSCRIPTIONS,
+    CHOREOGRAPHY: CHOREOGRAPHY_SUBSCRIPTIONS,
+}
+
+
+def subscriptions(mode: str = ORCHESTRATION) -> dict[str, tuple[str, ...]]:
+    """The subscription table of a saga mode."""
+    try:
+        return TABLES[mode]
+    except KeyError:
+        raise ValueError(f"unknown saga mode {mode!r}; one of: {', '.join(MODES)}") from None
+
+
+def consumers_of(event_type: str, mode: str = ORCHESTRATION) -> tuple[str, ...]:
+    return subscriptions(mode).get(event_type, ())

@@ -62,6 +62,8 @@ def redrive_overdue(rt: Runtime, app: Celery) -> SweepReport:
         elif plan.resume is not None:
             build_saga(app, rt.saga, order_id, plan.resume.commands, plan.done).apply_async()
             report.resumed.append(order_id)
+        else:  # choreography: no canvas; the events sent again move the saga on
+            report.resumed.append(order_id)
     for order_id in rt.order.unsettled():
         republish(rt, app, order_id)
         report.republished.append(order_id)

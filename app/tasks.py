@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery, Task
+from celery.app.task import X_DEATH_HEADERS
 from celery.exceptions import Reject
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -49,9 +50,10 @@ from app.commands import (
     VoidPayment,
 )
 from app.db import StepRecord
-from app.errors import StepFailed, TransientFailure
+from app.errors import OrderNotFound, StepFailed, TransientFailure
 from app.services.order import CONTRADICTED, UNCONFIRMED
-from app.events import FAILURE_EVENTS, Envelope
+from app.events import FAILURE_EVENTS, Envelope, OrderPlaced, UnreadableEvent
+from config.celery import retry_countdown
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -107,8 +109,22 @@ def _order_of(body: Any) -> str | None:
     return None
 
 
+def _first_error(exc: ValidationError) -> str:
+    """Where and what the first validation error is: ``amount_cents: Input should be ...``."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+#: Headers the broker puts on a delivery — RabbitMQ's dead-letter history, a quorum queue's
+#: delivery count — and that must not travel on a message sent again: RabbitMQ's cycle
+#: detection holds back or drops a message dead-lettered into a queue its history already
+#: names (a retry countdown through the delayed-delivery queues an earlier retry passed).
+BROKER_HEADERS = frozenset(X_DEATH_HEADERS | {"x-delivery-count"})
+
+
 def _headers(task: Task) -> dict[str, Any]:
-    return dict(task.request.headers or {})
+    return {k: v for k, v in (task.request.headers or {}).items() if k not in BROKER_HEADERS}
 
 
 def _attempt(task: Task, step: str) -> AbstractContextManager[attempts.Attempt]:
@@ -158,7 +174,9 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         limit = settings.retry_max * (PERSISTENT_RETRY_FACTOR if persistent else 1)
         reason = _reason_of(exc, task.name.split(".", 1)[0])
         if task.request.retries < limit:
-            countdown = backoff(task.request.retries, settings.retry_base_seconds, settings.retry_cap_seconds)
+            countdown = retry_countdown(
+                settings, backoff(task.request.retries, settings.retry_base_seconds, settings.retry_cap_seconds)
+            )
             log.info(
                 "%s: transient failure (%s); retry %d in %.2fs", task.name, exc, task.request.retries + 1, countdown
             )
@@ -172,12 +190,23 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         dead_letter(task, body, f"retries exhausted ({limit}): {reason}", exc)
 
     def parse(task: Task, model: type[BaseModel], body: Any) -> Any:
+        """The message as ``model``, or a dead letter at once. An event's envelope ignores
+        metadata it does not know, but its payload must fit the model registered for its
+        type and version: an event this code cannot read waits as a dead letter (to be
+        redriven once the workers can read it) instead of being half-understood."""
         try:
-            return model.model_validate(body)
+            message = model.model_validate(body)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            dead_letter(task, body, f"invalid {model.__name__}: {where}: {first['msg']}", exc)
+            dead_letter(task, body, f"invalid {model.__name__}: {_first_error(exc)}", exc)
+        if isinstance(message, Envelope):
+            try:
+                message.open()
+            except UnreadableEvent as exc:
+                dead_letter(task, body, f"unreadable event: {exc}", exc)
+            except ValidationError as exc:
+                kind = f"{message.event_type} version {message.version}"
+                dead_letter(task, body, f"invalid {kind} payload: {_first_error(exc)}", exc)
+        return message
 
     def define(name: str, fn: Callable[..., Any], **options: Any) -> None:
         app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(fn)
@@ -191,6 +220,8 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
             with _attempt(self, step):
                 try:
                     record = handle(cmd, self.request.id)
+                except OrderNotFound as exc:
+                    dead_letter(self, body, f"unknown order: {exc}", exc)
                 except TRANSIENT as exc:
                     retry_or_dead_letter(
                         self,
@@ -232,11 +263,13 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
             with timed:
                 try:
                     result = handle(message, self.request.id)
+                except OrderNotFound as exc:  # well-formed, but about no order of this system
+                    dead_letter(self, body, f"unknown order: {exc}", exc)
                 except TRANSIENT as exc:
 
                     def park(reason: str) -> None:
                         if step is not None:
-                            order_id = str(message.order_id)
+                            order_id = str(getattr(message, "order_id", None) or message.key)
                             park_body = ParkOrder(order_id=order_id, step=step, reason=reason).model_dump(mode="json")
                             app.send_task("order.park", args=(park_body,))
 
@@ -330,5 +363,115 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     define(
         "inventory.release_on_cancel",
         persistent(Envelope, lambda env, _id: rt.inventory.on_order_cancelled(env)),
+        **quiet,
+    )
+
+    # --- choreography: the services react to each other's events (no canvas) ---------
+    def reaction(
+        step: str,
+        decide: Callable[[Envelope], Command | None],
+        handle: Callable[[Any, str], StepRecord],
+        give_up: Callable[..., Any],
+    ) -> Callable[..., Any]:
+        """A saga step run because of an event: ``decide`` turns the event into the step's
+        command (None: nothing to do yet). A business failure needs nothing more here: the
+        service has said so with a failure event, and every service reacts to that."""
+
+        def run(self: Task, body: Any) -> dict[str, Any] | None:
+            env = parse(self, Envelope, body)
+            with _attempt(self, step):
+                try:
+                    try:
+                        cmd = decide(env)
+                    except ValidationError as exc:
+                        dead_letter(self, body, f"invalid {env.event_type} payload: {exc.errors()[0]['msg']}", exc)
+                    if cmd is None:
+                        return None
+                    record = handle(cmd, self.request.id)
+                except TRANSIENT as exc:
+                    retry_or_dead_letter(
+                        self,
+                        body,
+                        exc,
+                        persistent=False,
+                        give_up=lambda reason: give_up(env.key, step, reason, self.request.id),
+                    )
+            return {"order_id": env.key, "step": step, "outcome": record.outcome}
+
+        return run
+
+    def placed(env: Envelope) -> OrderPlaced:
+        evt = env.open()
+        if not isinstance(evt, OrderPlaced):
+            raise TypeError(f"expected OrderPlaced, got {env.event_type}")
+        return evt
+
+    def to_reserve(env: Envelope) -> ReserveInventory:
+        return ReserveInventory(order_id=env.key, lines=placed(env).lines)
+
+    def to_authorize(env: Envelope) -> AuthorizePayment | None:
+        evt = placed(env)
+        if evt.payment_token is None:  # placed by an orchestrated system: its canvas authorizes
+            log.warning("order %s: OrderPlaced carries no payment token; not authorizing", env.key)
+            return None
+        return AuthorizePayment(
+            order_id=env.key, amount_cents=evt.total_cents, currency=evt.currency, payment_token=evt.payment_token
+        )
+
+    # (no canvas waits for their results: none is kept)
+    define(
+        "inventory.reserve_on_placed",
+        reaction("reserve_inventory", to_reserve, rt.inventory.reserve, rt.inventory.give_up),
+        **quiet,
+    )
+    define(
+        "payment.authorize_on_placed",
+        reaction("authorize_payment", to_authorize, rt.payment.authorize, rt.payment.give_up),
+        **quiet,
+    )
+    define(
+        "shipping.join",
+        reaction("schedule_shipping", rt.shipping.join, rt.shipping.schedule, rt.shipping.give_up),
+        **quiet,
+    )
+    define(
+        "payment.capture_on_scheduled",
+        reaction(
+            "capture_payment", lambda env: CapturePayment(order_id=env.key), rt.payment.capture, rt.payment.give_up
+        ),
+        **quiet,
+    )
+    define(
+        "order.complete_on_captured",
+        reaction("complete_order", lambda env: CompleteOrder(order_id=env.key), rt.order.complete, rt.order.give_up),
+        **quiet,
+    )
+
+    # Each service undoes its own part on a failure event or OrderCancelled: undoing what
+    # never happened is a no-op that also stops it from happening late. Each says it is
+    # done with an event even when there was nothing to undo: the order is cancelled once
+    # it has heard from all three (refund first: the void confirms last).
+    def undo_payment(env: Envelope, cid: str) -> str:
+        refund = rt.payment.refund(RefundPayment(order_id=env.key), cid)
+        void = rt.payment.void(VoidPayment(order_id=env.key), cid, confirm=True)
+        return f"{refund.outcome}/{void.outcome}"
+
+    define(
+        "inventory.undo",
+        persistent(
+            Envelope,
+            lambda env, cid: rt.inventory.release(ReleaseInventory(order_id=env.key), cid, confirm=True),
+            step="release_inventory",
+        ),
+        **quiet,
+    )
+    define("payment.undo", persistent(Envelope, undo_payment, step="void_payment"), **quiet)
+    define(
+        "shipping.undo",
+        persistent(
+            Envelope,
+            lambda env, cid: rt.shipping.cancel(CancelShipment(order_id=env.key), cid, confirm=True),
+            step="cancel_shipment",
+        ),
         **quiet,
     )

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 import pycountry
 
 MAX_QTY = 1000
 MAX_LINES = 100
+
+#: The largest count or amount in minor units a message may carry: what the databases'
+#: integer columns hold (a larger one would fail at the database, not at the edge).
+MAX_INT = 2**31 - 1
+
+
+def no_control_characters(value: str) -> str:
+    """Refuse NUL, line breaks and other control characters: no name, SKU or key has one,
+    and PostgreSQL refuses NUL in text outright (an error at the database, not at the edge)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("control characters (NUL, line breaks, ...) are not allowed")
+    return value
+
+
+#: A one-line text field.
+Text = Annotated[str, AfterValidator(no_control_characters)]
 
 
 class Line(BaseModel):
@@ -15,8 +33,24 @@ class Line(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    sku: str = Field(min_length=1, max_length=32)
+    sku: Text = Field(min_length=1, max_length=32)
     qty: int = Field(ge=1, le=MAX_QTY)
+
+
+def at_most_max_qty_per_sku(lines: tuple[Line, ...]) -> tuple[Line, ...]:
+    """A SKU may span several lines, but its total stays within MAX_QTY (stock is reserved
+    per SKU, so the total is what a reservation holds)."""
+    totals: dict[str, int] = {}
+    for line in lines:
+        totals[line.sku] = totals.get(line.sku, 0) + line.qty
+    over = [sku for sku, qty in totals.items() if qty > MAX_QTY]
+    if over:
+        raise ValueError(f"{over[0]} adds up to {totals[over[0]]} over its lines; at most {MAX_QTY} per SKU")
+    return lines
+
+
+#: An order's lines (their count bounded where used).
+Lines = Annotated[tuple[Line, ...], AfterValidator(at_most_max_qty_per_sku)]
 
 
 class Address(BaseModel):
@@ -24,10 +58,10 @@ class Address(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    name: str = Field("Customer", min_length=1, max_length=100)
-    line1: str = Field("1 Main Street", min_length=1, max_length=200)
-    city: str = Field("London", min_length=1, max_length=100)
-    postal_code: str = Field("SW1A 1AA", min_length=1, max_length=20)
+    name: Text = Field("Customer", min_length=1, max_length=100)
+    line1: Text = Field("1 Main Street", min_length=1, max_length=200)
+    city: Text = Field("London", min_length=1, max_length=100)
+    postal_code: Text = Field("SW1A 1AA", min_length=1, max_length=20)
     country: str = Field(min_length=2, max_length=2)
 
     @field_validator("country")

@@ -24,32 +24,77 @@ def dead_letter_queue_name(service: str) -> str:
     return f"{service}.dlq"
 
 
-def service_queues(broker_kind: str = "memory") -> list[Queue]:
-    """The four service queues. On RabbitMQ each names its dead-letter exchange and route.
+#: RabbitMQ queue types (``CHECKOUT_RABBITMQ_QUEUE_TYPE``).
+CLASSIC, QUORUM = "classic", "quorum"
+
+
+def quorum_arguments(delivery_limit: int | None = None) -> dict[str, Any]:
+    """A quorum queue: replicated across the cluster; with a delivery limit, a message handed
+    back that many times (its worker died on it, or let go of it) is dead-lettered instead of
+    delivered again.
+
+    Dead-lettering is at-least-once: the message stays in its queue until ``<queue>.dlq``
+    confirms it, so none is lost if the dead-letter queue is briefly unreachable. RabbitMQ
+    needs ``reject-publish`` overflow for that (it matters only under a length limit, which
+    these queues do not set)."""
+    arguments: dict[str, Any] = {"x-queue-type": QUORUM}
+    if delivery_limit is not None:
+        arguments |= {
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return arguments
+
+
+def service_queues(broker_kind: str = "memory", queue_type: str = CLASSIC, delivery_limit: int = 5) -> list[Queue]:
+    """The four service queues. On RabbitMQ each names its dead-letter exchange and route,
+    and is a classic or a quorum queue (with ``delivery_limit``).
 
     Every process declares them from this one function, so they are always declared with
     the same arguments (RabbitMQ refuses a redeclaration with different ones).
     """
     queues = []
     for name in SERVICES:
-        arguments = {}
+        arguments: dict[str, Any] = {}
         if broker_kind == "amqp":
             arguments = {
                 "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
                 "x-dead-letter-routing-key": dead_letter_queue_name(name),
             }
+            if queue_type == QUORUM:
+                arguments |= quorum_arguments(delivery_limit)
         queues.append(Queue(name, EXCHANGE, routing_key=f"{name}.#", durable=True, queue_arguments=arguments))
     return queues
 
 
-def dead_letter_queues() -> list[Queue]:
-    """RabbitMQ's ``<service>.dlq`` queues. Celery never declares these itself; the project does."""
+def dead_letter_queues(queue_type: str = CLASSIC) -> list[Queue]:
+    """RabbitMQ's ``<service>.dlq`` queues. Celery never declares these itself; the project does.
+    Quorum (without a delivery limit or a dead-letter exchange of their own) when the service
+    queues are."""
+    arguments = quorum_arguments() if queue_type == QUORUM else {}
     return [
         Queue(
-            dead_letter_queue_name(name), DEAD_LETTER_EXCHANGE, routing_key=dead_letter_queue_name(name), durable=True
+            dead_letter_queue_name(name),
+            DEAD_LETTER_EXCHANGE,
+            routing_key=dead_letter_queue_name(name),
+            durable=True,
+            queue_arguments=dict(arguments),
         )
         for name in SERVICES
     ]
+
+
+def retry_countdown(settings: Settings, seconds: float) -> float:
+    """The countdown to give ``Task.retry`` for a delay of ``seconds``.
+
+    On quorum queues Celery does not hold a delayed message in the worker: it routes it
+    through RabbitMQ's delayed-delivery exchanges (``celery_delayed_*``), which count whole
+    seconds — a fraction is dropped, and a delay under one second is refused (the retry
+    would fail). Rounded up there, a retry never comes early."""
+    if settings.broker_kind == "amqp" and settings.rabbitmq_queue_type == QUORUM:
+        return float(max(1, math.ceil(seconds)))
+    return seconds
 
 
 def task_routes() -> dict[str, dict[str, str]]:
@@ -87,7 +132,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": service_queues(settings.broker_kind),
+        "task_queues": service_queues(
+            settings.broker_kind, settings.rabbitmq_queue_type, settings.rabbitmq_delivery_limit
+        ),
         # records malformed messages as dead letters instead of dropping them
         "worker_consumer": "app.consumer:CheckoutConsumer",
         "task_routes": task_routes(),
@@ -113,6 +160,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {"sweep-overdue-sagas": {"task": "order.sweep", "schedule": settings.sweep_interval_seconds}},
         "timezone": "UTC",
     }
+    if settings.signing == "on":
+        # Signed (Celery's auth serializer over JSON) in every direction, and nothing else
+        # accepted; app/signing.py loads the key and certificates.
+        conf.update(
+            task_serializer="auth",
+            result_serializer="auth",
+            event_serializer="auth",
+            accept_content=["auth"],
+            result_accept_content=["auth"],
+            security_digest="sha256",
+        )
     transport: dict[str, Any] = {}
     if settings.broker_kind == "memory":
         # kombu's virtual transports poll; the default 1 s would add a second per hop.
@@ -122,12 +180,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         if settings.namespace:
             transport["global_keyprefix"] = f"{settings.namespace}:"
     else:
+        # Publisher confirms: a publish returns once the broker has the message (a quorum queue:
+        # once a majority of its replicas do); one the broker refuses raises instead of vanishing.
+        # With quorum queues Celery itself turns global QoS off (worker_detect_quorum_queues)
+        # and sends retry countdowns through RabbitMQ's delayed delivery (see retry_countdown).
         transport["confirm_publish"] = True
     conf["broker_transport_options"] = transport
     backend = settings.effective_result_backend
     if backend.startswith("redis") and settings.namespace:
         conf["result_backend_transport_options"] = {"global_keyprefix": f"{settings.namespace}:"}
     if backend.startswith("db+"):
-        # The database backend completes chords by polling; poll briskly.
-        conf["result_chord_retry_interval"] = 0.2
+        # The database backend completes chords by polling; poll briskly — each poll is a
+        # countdown, which quorum queues count in whole seconds (see retry_countdown).
+        conf["result_chord_retry_interval"] = retry_countdown(settings, 0.2)
     return conf

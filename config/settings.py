@@ -7,8 +7,10 @@ kombu's in-memory broker, an in-process result store and one SQLite file under
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,11 +19,80 @@ SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
 
 Service = Literal["order", "inventory", "payment", "shipping"]
 
+#: Settings holding a URL that may carry a password.
+URL_SETTINGS: tuple[str, ...] = (
+    "broker_url",
+    "result_backend",
+    "database_url",
+    "order_database_url",
+    "inventory_database_url",
+    "payment_database_url",
+    "shipping_database_url",
+)
+
+#: Passwords that ship as defaults (RabbitMQ's guest, the postgres image's, this project's
+#: old compose file's) or that people type when asked for one.
+DEFAULT_PASSWORDS = frozenset(
+    {"guest", "postgres", "checkout", "password", "changeme", "secret", "admin", "root", "redis", "rabbitmq", "celery"}
+)
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for this machine only: 127.0.0.0/8, ::1, localhost — or no host (a Unix socket, a file)."""
+    if not host or host.lower() in {"localhost", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_credentials(url: str) -> str | None:
+    """Why ``url`` would log in to another host with well-known default credentials, or None.
+
+    RabbitMQ (kombu logs in as guest/guest when the URL names no user) and Redis (no password
+    at all is its default) must carry a real password; a SQL URL may carry none, since the
+    driver then takes it from PGPASSWORD, ~/.pgpass or a client certificate."""
+    for part in url.split(";"):  # kombu's failover list: amqp://a;amqp://b
+        parsed = urlsplit(part.strip())
+        schemes = set(parsed.scheme.lower().split("+"))
+        host = parsed.hostname
+        if is_loopback(host):
+            continue
+        user = unquote(parsed.username) if parsed.username else ""
+        password = unquote(parsed.password) if parsed.password is not None else ""
+        weak = password.lower() in DEFAULT_PASSWORDS or (password and password == user)
+        if schemes & {"amqp", "amqps", "pyamqp"}:
+            if (user or "guest") == "guest" or not password or weak:
+                return f"logs in to {host} as {user or 'guest'} with a default password"
+        elif schemes & {"redis", "rediss"}:
+            if not password:
+                return f"has no password for Redis on {host} (anyone who reaches it can read and send messages)"
+            if weak:
+                return f"carries a well-known default password for {host}"
+        elif schemes & {"postgresql", "postgres", "mysql", "mariadb"} and password and weak:
+            return f"carries a well-known default password for {host}"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for showing settings)."""
+    parts = []
+    for part in url.split(";"):
+        parsed = urlsplit(part)
+        if parsed.password is not None:
+            userinfo = f"{parsed.username or ''}:***"
+            netloc = f"{userinfo}@{parsed.netloc.rsplit('@', 1)[1]}"
+            part = parsed._replace(netloc=netloc).geturl()
+        parts.append(part)
+    return ";".join(parts)
+
 
 class Settings(BaseSettings):
     """What a process needs to know to join the system."""
 
-    model_config = SettingsConfigDict(env_prefix="CHECKOUT_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused URL or key must not end up in a log through the error.
+    model_config = SettingsConfigDict(env_prefix="CHECKOUT_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     broker_url: str = Field(
         "memory://localhost/",
@@ -57,6 +128,16 @@ class Settings(BaseSettings):
     outbox_grace_seconds: float = Field(
         2.0, ge=0, le=3600, description="Age an unpublished event must reach before the sweep takes it."
     )
+    worker_outbox_sweep: bool = Field(
+        True,
+        description="Each service worker sweeps its own outbox (a thread). Turn it off where the outbox relay "
+        "(python -m app relay) sweeps every service instead, as docker-compose.yml and make up do.",
+    )
+    relay_heartbeat_file: Path | None = Field(
+        None,
+        description="A file the outbox relay touches after each round that worked; python -m app relay --check "
+        "fails once it is three rounds old (a container healthcheck). Unset: none.",
+    )
     saga_deadline_seconds: float = Field(
         300.0,
         gt=0,
@@ -85,6 +166,26 @@ class Settings(BaseSettings):
         description="RabbitMQ only: the broker's consumer_timeout (30 min unless changed in rabbitmq.conf); "
         "a retry delay or deadline at least this long is refused at start-up.",
     )
+    rabbitmq_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="RabbitMQ only: the type of the service queues and their <queue>.dlq. quorum: replicated "
+        "across a RabbitMQ cluster, and a message whose worker dies on every delivery goes to <queue>.dlq "
+        "after CHECKOUT_RABBITMQ_DELIVERY_LIMIT returns instead of looping forever.",
+    )
+    rabbitmq_delivery_limit: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Quorum queues only: how many times a message may go back to its queue undone (its worker "
+        "process died, or the worker stopped or lost the broker while holding it) before the broker "
+        "dead-letters it to <queue>.dlq.",
+    )
+    saga_mode: Literal["orchestration", "choreography"] = Field(
+        "orchestration",
+        description="How sagas run: orchestration (a Celery canvas built from the saga definition "
+        "drives the steps and compensations) or choreography (no canvas: each service reacts to the "
+        "others' events and undoes its own work on a failure).",
+    )
     publish_retry_seconds: float = Field(
         60.0,
         gt=0,
@@ -112,6 +213,33 @@ class Settings(BaseSettings):
         "front (basic auth over plain HTTP sends the password in clear).",
     )
     flower_port: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
+    max_message_bytes: int = Field(
+        65536,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="Largest message body a worker accepts, in bytes; a larger one is dead-lettered unread "
+        "(its first 4 KiB kept) and the worker goes on.",
+    )
+    signing: Literal["off", "on"] = Field(
+        "off",
+        description="on: every process signs what it sends (Celery's auth serializer) and workers accept only "
+        "messages signed by a certificate in CHECKOUT_SIGNING_CERT_STORE; others are dead-lettered.",
+    )
+    signing_key: SecretStr | None = Field(
+        None, description="This process's private RSA key (with CHECKOUT_SIGNING=on): the PEM text, or a file path."
+    )
+    signing_key_password: SecretStr | None = Field(None, description="Password of an encrypted CHECKOUT_SIGNING_KEY.")
+    signing_cert: str | None = Field(
+        None, description="The X.509 certificate of CHECKOUT_SIGNING_KEY: the PEM text, or a file path."
+    )
+    signing_cert_store: str | None = Field(
+        None, description="Directory of the certificates whose signatures are trusted (every process's)."
+    )
+    allow_default_credentials: bool = Field(
+        False,
+        description="Development only: let a broker or database URL to another host carry a well-known default "
+        "password (guest, postgres, checkout ...) or none (Redis, RabbitMQ). Loopback hosts never need it.",
+    )
 
     @field_validator("flower_user", "flower_password")
     @classmethod
@@ -129,6 +257,22 @@ class Settings(BaseSettings):
         scheme = self.broker_url.split("://", 1)[0]
         if scheme not in {"memory", "redis", "rediss", "amqp", "amqps", "pyamqp"}:
             raise ValueError(f"CHECKOUT_BROKER_URL: unsupported scheme {scheme!r}; use memory://, redis:// or amqp://")
+        return self
+
+    @model_validator(mode="after")
+    def _quorum_queues_on_rabbitmq(self) -> Settings:
+        """Quorum queues and their delivery limit exist on RabbitMQ only; a setting that would
+        silently do nothing (no poison-loop limit where one was asked for) is refused."""
+        if self.rabbitmq_queue_type == "quorum" and self.broker_kind != "amqp":
+            raise ValueError(
+                "CHECKOUT_RABBITMQ_QUEUE_TYPE=quorum needs a RabbitMQ broker (amqp://), not "
+                f"{self.broker_url.split('://', 1)[0]}://: unset it, or point CHECKOUT_BROKER_URL at RabbitMQ"
+            )
+        if "rabbitmq_delivery_limit" in self.model_fields_set and self.rabbitmq_queue_type != "quorum":
+            raise ValueError(
+                "CHECKOUT_RABBITMQ_DELIVERY_LIMIT applies to quorum queues only (classic queues have no delivery "
+                "limit): set CHECKOUT_RABBITMQ_QUEUE_TYPE=quorum, or unset CHECKOUT_RABBITMQ_DELIVERY_LIMIT"
+            )
         return self
 
     @model_validator(mode="after")
@@ -163,6 +307,47 @@ class Settings(BaseSettings):
                     "(a message held that long is redelivered while it is still pending)"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _signing_needs_its_keys(self) -> Settings:
+        if self.signing == "on":
+            names = ("signing_key", "signing_cert", "signing_cert_store")
+            missing = [f"CHECKOUT_{name.upper()}" for name in names if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"CHECKOUT_SIGNING=on needs {', '.join(missing)} (see README.md, Security)")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_default_credentials(self) -> Settings:
+        """Outside embedded mode, no URL to another host may log in with default credentials.
+        Loopback is exempt: only this machine reaches it (RabbitMQ itself lets guest in from
+        localhost only), and it is how a development machine or CI runs its servers."""
+        if self.embedded or self.allow_default_credentials:
+            return self
+        for name in URL_SETTINGS:
+            url = getattr(self, name)
+            why = default_credentials(url) if url else None
+            if why:
+                variable = f"CHECKOUT_{name.upper()}"
+                raise ValueError(
+                    f"{variable} {why}: give the server a real password and put it in {variable} (from the "
+                    "environment, not a file in the repository); on a development machine only, "
+                    "CHECKOUT_ALLOW_DEFAULT_CREDENTIALS=true"
+                )
+        return self
+
+    def shown(self, name: str) -> str:
+        """A setting's value as ``python -m app settings`` shows it: without passwords or keys."""
+        value = getattr(self, name)
+        if value is None:
+            return ""
+        if isinstance(value, SecretStr):
+            return "**********"
+        if name in URL_SETTINGS:
+            return redact_url(str(value))
+        if str(value).lstrip().startswith("-----BEGIN "):
+            return "(PEM text)"
+        return str(value)
 
     @property
     def embedded(self) -> bool:

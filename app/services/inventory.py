@@ -127,8 +127,9 @@ class InventoryService:
 
     # --- compensation ---------------------------------------------------------------
 
-    def release(self, cmd: ReleaseInventory, causation_id: str | None = None) -> StepRecord:
-        """Give the order's reserved stock back. No-op if nothing was reserved."""
+    def release(self, cmd: ReleaseInventory, causation_id: str | None = None, *, confirm: bool = False) -> StepRecord:
+        """Give the order's reserved stock back. No-op if nothing was reserved (``confirm``:
+        say so with an InventoryReleased of no lines)."""
         return compensation(
             self.db,
             cmd.order_id,
@@ -136,6 +137,7 @@ class InventoryService:
             name="release_inventory",
             find=lambda uow: _reservation(uow, cmd.order_id, "RESERVED"),
             undo=lambda uow, lines: self._release(uow, cmd.order_id, lines),
+            confirm=(lambda uow: uow.emit(InventoryReleased(order_id=cmd.order_id, lines=()))) if confirm else None,
             causation_id=causation_id,
         )
 

@@ -86,7 +86,7 @@ orders = Table(
     Column("compensated", Boolean, nullable=False),
     Column("saga_dispatched_at", DateTime(timezone=True)),
     Column("compensation_dispatched_at", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),  # orders list: newest first
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("deadline_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
@@ -242,10 +242,16 @@ class Redrive:
 
 
 class OrderService:
-    def __init__(self, db: Database, *, deadline_seconds: float = 300.0, saga: Saga = CHECKOUT) -> None:
+    def __init__(
+        self, db: Database, *, deadline_seconds: float = 300.0, saga: Saga = CHECKOUT, choreography: bool = False
+    ) -> None:
         self.db = db
         self.deadline = timedelta(seconds=deadline_seconds)
         self.saga = saga
+        #: Choreography: no canvas runs the saga. The order follows the events: it is
+        #: cancelled as soon as a failure is known (every service undoes its own part on
+        #: that event), and completed on PaymentCaptured.
+        self.choreography = choreography
 
     # --- catalog --------------------------------------------------------------------
 
@@ -319,6 +325,8 @@ class OrderService:
                     saga_state="RUNNING",
                     steps={},
                     compensated=False,
+                    # choreography: the saga starts with OrderPlaced itself
+                    saga_dispatched_at=now if self.choreography else None,
                     created_at=now,
                     updated_at=now,
                     deadline_at=now + self.deadline,
@@ -346,6 +354,8 @@ class OrderService:
                     lines=request.items,
                     total_cents=total,
                     currency=request.currency,
+                    # choreography: payment authorizes from this event, so it needs the token
+                    payment_token=request.payment_token if self.choreography else None,
                 ),
             )
             return order_id, True
@@ -598,6 +608,11 @@ class OrderService:
                     CancelOrder(order_id=order_id).model_dump(mode="json"),
                 )
                 return Redrive(order_id, compensation=plan)
+            if self.choreography:
+                # no canvas to re-drive: the services send the order's events again (the
+                # caller asks them) and each consumer that missed one acts on it now
+                uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
+                return Redrive(order_id)
             values["saga_dispatched_at"] = now
             uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
             done = frozenset(step for step, status in (row.steps or {}).items() if status == "done")
@@ -789,7 +804,8 @@ class OrderService:
 
     def _maybe_cancel(self, uow: UnitOfWork, order_id: str) -> str:
         row = _order_row(uow, order_id)
-        if row.status not in OPEN or not row.compensated or row.failure_reason is None:
+        undone = row.compensated or (self.choreography and _all_undone(row.steps or {}))
+        if row.status not in OPEN or not undone or row.failure_reason is None:
             return str(row.status)
         now = utcnow()
         uow.conn.execute(
@@ -881,6 +897,15 @@ def _timeline_entry(row: Any, saga: Saga) -> TimelineEntry:
         attempts=row.attempts,
         duration_seconds=None if row.duration_ms is None else row.duration_ms / 1000,
     )
+
+
+#: Choreography: what each service confirms once it has undone its part of a failed saga
+#: (a compensation that had nothing to undo confirms all the same).
+UNDONE_BY = ("release_inventory", "void_payment", "cancel_shipment")
+
+
+def _all_undone(steps: dict[str, str]) -> bool:
+    return all(steps.get(step) == "done" for step in UNDONE_BY)
 
 
 def _step_status(env: Envelope) -> tuple[str, str] | None:

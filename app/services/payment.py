@@ -148,8 +148,9 @@ class PaymentService:
 
     # --- compensations --------------------------------------------------------------
 
-    def void(self, cmd: VoidPayment, causation_id: str | None = None) -> StepRecord:
-        """Release an authorization that was not captured. No-op otherwise."""
+    def void(self, cmd: VoidPayment, causation_id: str | None = None, *, confirm: bool = False) -> StepRecord:
+        """Release an authorization that was not captured. No-op otherwise (``confirm``: say
+        so with a PaymentVoided of 0)."""
         oid = cmd.order_id
 
         def undo(uow: UnitOfWork, held: Held) -> None:
@@ -168,6 +169,7 @@ class PaymentService:
             find=lambda uow: _held(uow, oid, "AUTHORIZED"),
             external=lambda held: self.gateway.void(held.ref, idempotency_key=f"{oid}:void", reference=oid),
             undo=undo,
+            confirm=(lambda uow: uow.emit(PaymentVoided(order_id=oid, amount_cents=0))) if confirm else None,
             causation_id=causation_id,
         )
 

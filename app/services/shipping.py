@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select, update
+from sqlalchemy import JSON, Boolean, Column, DateTime, MetaData, String, Table, insert, select, update
 
 from app.commands import CancelShipment, ScheduleShipment
 from app.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
 from app.errors import BusinessFailure
-from app.events import ShipmentCancelled, ShipmentFailed, ShipmentScheduled
+from app.events import Envelope, OrderPlaced, ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from app.ports import Carrier
 from app.services.steps import compensation, forward_step_with_call, give_up
 
@@ -26,6 +26,24 @@ shipments = Table(
     Column("tracking_ref", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+
+#: Choreography's durable join: shipping books a shipment once it has seen the order
+#: (address and lines), its stock reserved and its payment authorized — in any order, each
+#: possibly more than once.
+readiness = Table(
+    "shipping_readiness",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("ship_to", JSON),  # from OrderPlaced
+    Column("lines", JSON),  # from OrderPlaced
+    Column("stock_reserved", Boolean, nullable=False),  # InventoryReserved seen
+    Column("payment_authorized", Boolean, nullable=False),  # PaymentAuthorized seen
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: What each event tells the join.
+_JOINS = {"InventoryReserved": "stock_reserved", "PaymentAuthorized": "payment_authorized"}
 
 
 class ShippingService:
@@ -68,8 +86,9 @@ class ShippingService:
         """A step's retries ran out: record the failure and say so with ShipmentFailed."""
         return give_up(self.db, order_id, step, reason, ShipmentFailed(order_id=order_id, reason=reason), causation_id)
 
-    def cancel(self, cmd: CancelShipment, causation_id: str | None = None) -> StepRecord:
-        """Cancel a booked shipment. No-op if none was booked."""
+    def cancel(self, cmd: CancelShipment, causation_id: str | None = None, *, confirm: bool = False) -> StepRecord:
+        """Cancel a booked shipment. No-op if none was booked (``confirm``: say so with a
+        ShipmentCancelled all the same)."""
         oid = cmd.order_id
 
         def find(uow: UnitOfWork) -> str | None:
@@ -92,8 +111,47 @@ class ShippingService:
             find=find,
             external=lambda ref: self.carrier.cancel(ref, idempotency_key=f"{oid}:cancel"),
             undo=undo,
+            confirm=(lambda uow: uow.emit(ShipmentCancelled(order_id=oid))) if confirm else None,
             causation_id=causation_id,
         )
+
+    def join(self, env: Envelope) -> ScheduleShipment | None:
+        """Choreography: note what ``env`` says about the order; once the order, its stock
+        and its payment are all in, the shipment to book (every time after that, too: booking
+        is idempotent, so a redelivery or a retry after a failed booking books it once)."""
+        if env.event_type != "OrderPlaced" and env.event_type not in _JOINS:
+            raise ValueError(f"shipping does not join on {env.event_type}")
+        oid = env.key
+
+        def work(uow: UnitOfWork) -> ScheduleShipment | None:
+            row = uow.conn.execute(select(readiness).where(readiness.c.order_id == oid).with_for_update()).first()
+            if row is None:  # the first of the three: a concurrent first one makes this retry
+                uow.conn.execute(
+                    insert(readiness).values(
+                        order_id=oid, stock_reserved=False, payment_authorized=False, updated_at=utcnow()
+                    )
+                )
+                row = uow.conn.execute(select(readiness).where(readiness.c.order_id == oid).with_for_update()).one()
+            values: dict[str, Any] = {}
+            if env.event_type == "OrderPlaced":
+                placed = env.open()
+                assert isinstance(placed, OrderPlaced)
+                if row.ship_to is None:
+                    values.update(
+                        ship_to=placed.ship_to.model_dump(mode="json"),
+                        lines=[line.model_dump(mode="json") for line in placed.lines],
+                    )
+            elif not getattr(row, _JOINS[env.event_type]):
+                values[_JOINS[env.event_type]] = True
+            if values:
+                values["updated_at"] = utcnow()
+                uow.conn.execute(update(readiness).where(readiness.c.order_id == oid).values(**values))
+            merged = {**row._mapping, **values}
+            if merged["ship_to"] is None or not (merged["stock_reserved"] and merged["payment_authorized"]):
+                return None
+            return ScheduleShipment(order_id=oid, ship_to=merged["ship_to"], lines=merged["lines"])
+
+        return self.db.run(work)
 
 
 def shipment_rows(db: Database) -> list[dict[str, Any]]:

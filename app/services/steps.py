@@ -78,6 +78,7 @@ def compensation(
     find: Callable[[UnitOfWork], T | None],
     undo: Callable[[UnitOfWork, T], None],
     external: Callable[[T], None] | None = None,
+    confirm: Callable[[UnitOfWork], object] | None = None,
     causation_id: str | None = None,
 ) -> StepRecord:
     """Undo ``forward`` for the order, once.
@@ -85,8 +86,15 @@ def compensation(
     If ``forward`` never ran, it is recorded as ``prevented`` (so it can no longer take
     effect) and the compensation is a no-op. ``find`` returns what there is to undo (or
     None); ``external`` undoes it outside (a gateway, a carrier), outside any transaction;
-    ``undo`` records it in the service's tables and emits the event.
+    ``undo`` records it in the service's tables and emits the event. ``confirm`` (given in
+    choreography, where the order waits to hear that every service undid its part) emits
+    the event for a no-op too, once.
     """
+
+    def noop(uow: UnitOfWork) -> StepRecord:
+        if confirm is not None:
+            confirm(uow)
+        return uow.record_step(order_id, name, NOOP)
 
     def first(uow: UnitOfWork) -> tuple[StepRecord | None, T | None]:
         recorded = uow.step(order_id, name)
@@ -95,10 +103,10 @@ def compensation(
         forward_record = uow.step(order_id, forward)
         if forward_record is None:
             uow.record_step(order_id, forward, PREVENTED)
-            return uow.record_step(order_id, name, NOOP), None
+            return noop(uow), None
         target = find(uow) if forward_record.outcome == "done" else None
         if target is None:
-            return uow.record_step(order_id, name, NOOP), None
+            return noop(uow), None
         if external is None:
             undo(uow, target)
             return uow.record_step(order_id, name, DONE), None

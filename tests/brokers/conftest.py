@@ -73,6 +73,13 @@ def settings_overrides() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture
+def saga_mode() -> str:
+    """The saga mode of the whole system: orchestration, unless a test parametrizes
+    ``saga_mode`` (the saga, fault and poison tests run in both)."""
+    return "orchestration"
+
+
 def settings_env(overrides: dict[str, Any]) -> dict[str, str]:
     """``{"saga_deadline_seconds": 8}`` -> ``{"CHECKOUT_SAGA_DEADLINE_SECONDS": "8"}``."""
     unknown = set(overrides) - set(Settings.model_fields)
@@ -82,8 +89,9 @@ def settings_env(overrides: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture
-def settings(broker: BrokerNamespace, database: str, settings_overrides: dict[str, Any]) -> Settings:
-    return Settings(broker_url=broker.url, database_url=database, namespace=broker.namespace, **settings_overrides)
+def settings(broker: BrokerNamespace, database: str, settings_overrides: dict[str, Any], saga_mode: str) -> Settings:
+    overrides = {"saga_mode": saga_mode, **settings_overrides}
+    return Settings(broker_url=broker.url, database_url=database, namespace=broker.namespace, **overrides)
 
 
 @pytest.fixture
@@ -112,10 +120,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def process_env(broker: BrokerNamespace, settings: Settings, settings_overrides: dict[str, Any]) -> dict[str, str]:
+def process_env(
+    broker: BrokerNamespace, settings: Settings, settings_overrides: dict[str, Any], saga_mode: str
+) -> dict[str, str]:
     """The environment of every worker (or beat) process of the test."""
     assert settings.database_url is not None
-    return worker_env(broker, settings.database_url, settings_env(settings_overrides))
+    return worker_env(broker, settings.database_url, settings_env({"saga_mode": saga_mode, **settings_overrides}))
 
 
 @pytest.fixture

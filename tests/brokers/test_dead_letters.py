@@ -28,6 +28,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+
+from app.subscriptions import MODES
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
@@ -155,6 +157,7 @@ def check_poison_letters(letters: list[DeadLetter], poisons: list[Poison]) -> li
 @pytest.mark.brokers
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+@pytest.mark.parametrize("saga_mode", MODES)
 def test_poison_messages_between_200_orders_are_dead_lettered_once_and_the_workers_go_on(
     broker: BrokerNamespace,
     system: System,

@@ -47,7 +47,7 @@ from app.audit import audit
 from app.db import as_utc
 from app.dlq import DeadLetterOps
 from app.services.order import TERMINAL, orders
-from app.subscriptions import SUBSCRIPTIONS
+from app.subscriptions import MODES, subscriptions
 from config.settings import SERVICES
 
 from tests.brokers.test_multiprocess import (
@@ -332,7 +332,7 @@ RETRY = re.compile(r"Task ([\w.]+)\[([^\]]+)\] retry:")
 #: Tasks that consume events (the relay's deliveries). The sweeper sends every event of an
 #: overdue saga, and of each cancelled order once, again on purpose: their repeats are
 #: counted apart from those of commands (saga steps, compensations, the order's own moves).
-EVENT_TASKS = frozenset(task for tasks in SUBSCRIPTIONS.values() for task in tasks)
+EVENT_TASKS = frozenset(task for mode in MODES for tasks in subscriptions(mode).values() for task in tasks)
 
 
 def duplicate_deliveries(logs: list[Path]) -> Counter[str]:
@@ -527,6 +527,7 @@ def settle_and_check(
 @pytest.mark.brokers
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+@pytest.mark.parametrize("saga_mode", MODES)
 def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
     broker: BrokerNamespace,
     system: System,
@@ -535,11 +536,12 @@ def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
     process_env: dict[str, str],
     tmp_path: Path,
     record_property: Any,
+    saga_mode: str,
 ) -> None:
     plan = order_plan(FAULT_VOCABULARY)
     assert len(plan) == FAULT_ORDERS
     run = start_run(plan, f"crash-{broker.kind}", FAULT_PLACE_RATE)
-    findings = Findings(f"worker crash: payment SIGKILLed, {broker.kind}+postgresql")
+    findings = Findings(f"worker crash: payment SIGKILLed, {broker.kind}+postgresql, {saga_mode}")
 
     run.wait_terminal_at_least(FAULT_ORDERS // 3)
     # ... and strike while the payment worker holds messages it has not acknowledged
@@ -603,12 +605,14 @@ def purge_backlog(broker: BrokerNamespace, system: System, step: Purge) -> int:
 @pytest.mark.brokers
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+@pytest.mark.parametrize("saga_mode", MODES)
 def test_purged_queues_mid_run_are_recovered_by_the_saga_sweeper(
     broker: BrokerNamespace,
     system: System,
     workers: Workers,
     start_run: StartRun,
     record_property: Any,
+    saga_mode: str,
 ) -> None:
     """Known to fail intermittently (as of commit 83ee29e), mostly on RabbitMQ: when the
     purge took a failure event's delivery to the order (PaymentDeclined,
@@ -620,7 +624,9 @@ def test_purged_queues_mid_run_are_recovered_by_the_saga_sweeper(
     plan = order_plan(LOST_VOCABULARY)
     assert len(plan) == LOST_ORDERS
     run = start_run(plan, f"lost-{broker.kind}", LOST_PLACE_RATE)
-    findings = Findings(f"lost messages: {', '.join(p.queue for p in PURGES[broker.kind])} purged, {broker.kind}")
+    findings = Findings(
+        f"lost messages: {', '.join(p.queue for p in PURGES[broker.kind])} purged, {broker.kind}, {saga_mode}"
+    )
 
     purged: dict[str, int] = {}
     last_purge: Fault | None = None
@@ -715,6 +721,7 @@ def connection_losses(workers: Workers) -> dict[str, int]:
 @pytest.mark.brokers
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+@pytest.mark.parametrize("saga_mode", MODES)
 def test_broker_restart_mid_run_loses_no_order(
     broker: BrokerNamespace,
     system: System,
@@ -724,11 +731,12 @@ def test_broker_restart_mid_run_loses_no_order(
     broker_back: None,
     tmp_path: Path,
     record_property: Any,
+    saga_mode: str,
 ) -> None:
     plan = order_plan(FAULT_VOCABULARY)
     assert len(plan) == FAULT_ORDERS
     run = start_run(plan, f"restart-{broker.kind}", FAULT_PLACE_RATE)
-    findings = Findings(f"broker restart: {broker.kind} stopped and started, {broker.kind}+postgresql")
+    findings = Findings(f"broker restart: {broker.kind} stopped and started, {broker.kind}+postgresql, {saga_mode}")
 
     run.wait_terminal_at_least(FAULT_ORDERS // 3)
     service_workers = [name for name in workers.logs if name not in workers.schedulers]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,29 @@ def test_health_sees_each_service_worker(system: System, workers: Workers, proce
     assert results["broker"].ok and results["database payment"].ok
     assert not results["worker payment"].ok
     assert "no worker answered for queue 'payment'" in results["worker payment"].detail
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_this_host_counts_only_the_worker_named_after_this_host(
+    system: System, workers: Workers, process_env: dict[str, str]
+) -> None:
+    """A container's healthcheck (`--this-host`) must not pass on another container's worker."""
+    here = {r.name: r for r in check(system.runtime, ("payment",), timeout=3, host=socket.gethostname())}
+    assert here["worker payment"].ok and here["worker payment"].detail == f"payment@{socket.gethostname()}"
+
+    elsewhere = {r.name: r for r in check(system.runtime, ("payment",), timeout=1, host="elsewhere")}
+    assert not elsewhere["worker payment"].ok
+    assert "no worker payment@elsewhere answered for queue 'payment'" in elsewhere["worker payment"].detail
+
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "health", "--service", "order", "--this-host", "--timeout", "3"],
+        cwd=ROOT,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"order@{socket.gethostname()}" in done.stdout

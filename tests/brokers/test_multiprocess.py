@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from app.subscriptions import MODES
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import FLAKY_FAILURES, ledger
@@ -35,6 +37,7 @@ from app.catalog import CATALOG
 from app.deadletters import DEAD, DeadLetter
 from app.demo import CASES
 from app.dlq import DeadLetterOps
+from app.services.order import orders
 from config.celery import EXCHANGE, dead_letter_queue_name
 from config.settings import SERVICES
 
@@ -171,7 +174,7 @@ def authorize_attempts(system: System) -> dict[str, int]:
     return {r.reference: r.attempts for r in rows}
 
 
-def assert_namespaced(broker: BrokerNamespace, placed: list[Placed]) -> None:
+def assert_namespaced(broker: BrokerNamespace, placed: list[Placed], saga_mode: str = "orchestration") -> None:
     """The run's messages and results live in its own namespace, nowhere else."""
     if broker.kind == "redis":
         # kombu keeps an exchange's bindings in a set "_kombu.binding.<exchange>" whose
@@ -179,6 +182,8 @@ def assert_namespaced(broker: BrokerNamespace, placed: list[Placed]) -> None:
         key = f"{broker.namespace}:_kombu.binding.{EXCHANGE.name}"
         bound = {member.rsplit("\x06\x16", 1)[-1] for member in redis_members(key)}
         assert set(SERVICES) <= bound, f"{key} binds {sorted(bound)}, not every service queue"
+        if saga_mode != "orchestration":  # no canvas, no results kept
+            return
         # The forward steps store their results (the chord needs them): under the prefix only.
         sample = placed[0].order_id
         results = redis_keys(f"*celery-task-meta-{sample}*")
@@ -214,10 +219,14 @@ def run_mixed_orders(
     wait_all_terminal(system, [p.order_id for p in placed], workers, TERMINAL_TIMEOUT)
     wall = time.monotonic() - started
     rate = total / wall
+    latency = mean_saga_seconds(system, [p.order_id for p in placed])
     print(
-        f"\n[{label}, 4 worker processes x {WORKER_CONCURRENCY} pool processes] "
-        f"{total} sagas in {wall:.2f}s (placing took {placing:.2f}s): {rate:.1f} sagas/s"
+        f"\n[{label}, {system.runtime.settings.saga_mode}, 4 worker processes x {WORKER_CONCURRENCY} pool "
+        f"processes] {total} sagas in {wall:.2f}s (placing took {placing:.2f}s): {rate:.1f} sagas/s, "
+        f"mean saga latency {latency:.2f}s (placed -> terminal)"
     )
+    record_property("saga_mode", system.runtime.settings.saga_mode)
+    record_property("mean_saga_seconds", round(latency, 3))
     record_property("broker", broker.kind)
     record_property("sagas", total)
     record_property("saga_wall_seconds", round(wall, 3))
@@ -226,9 +235,20 @@ def run_mixed_orders(
     assert_outcomes(system, placed, workers)
     report = assert_audit_clean(system, placed, workers)
     assert_tok_down_dead_letters(broker, system, placed, workers, report)
-    assert_namespaced(broker, placed)
+    assert_namespaced(broker, placed, system.runtime.settings.saga_mode)
     assert not workers.exited(), f"worker(s) died during the run: {workers.exited()}\n{workers.tails()}"
     return placed
+
+
+def mean_saga_seconds(system: System, order_ids: list[str]) -> float:
+    """Mean time from placement to a terminal status over ``order_ids``."""
+    rows = system.runtime.databases["order"].query(
+        lambda c: c.execute(
+            select(orders.c.created_at, orders.c.finished_at).where(orders.c.order_id.in_(order_ids))
+        ).all()
+    )
+    spans = [(r.finished_at - r.created_at).total_seconds() for r in rows if r.finished_at is not None]
+    return sum(spans) / len(spans) if spans else 0.0
 
 
 def assert_outcomes(system: System, placed: list[Placed], workers: Workers) -> None:
@@ -337,12 +357,16 @@ def assert_tok_down_dead_letters(
         mine = grouped.get(order_id, [])
         assert len(mine) == 1, f"tok_down order {order_id}: {len(mine)} dead letters, expected 1: {mine}"
         (letter,) = mine
-        assert (letter.queue, letter.task, letter.status) == ("payment", "payment.authorize", DEAD), letter
+        authorize = "payment.authorize_on_placed" if rt.settings.saga_mode == "choreography" else "payment.authorize"
+        assert (letter.queue, letter.task, letter.status) == ("payment", authorize, DEAD), letter
         assert "payment_unavailable" in letter.reason, f"{order_id}: dead letter reason {letter.reason!r}"
         assert letter.attempts == retry_max + 1, (
             f"{order_id}: dead letter counts {letter.attempts} attempts, expected {retry_max + 1}"
         )
-        assert letter.message_key == f"{order_id}.authorize_payment", letter.message_key
+        if rt.settings.saga_mode == "choreography":  # the OrderPlaced delivery to the payment service
+            assert letter.message_key.endswith(":payment.authorize_on_placed"), letter.message_key
+        else:  # the canvas's step, named after the order
+            assert letter.message_key == f"{order_id}.authorize_payment", letter.message_key
     assert report.dead_letters == len(down), f"auditor counted {report.dead_letters} dead letters, not {len(down)}"
     wait_dlq_depths(broker, system, Counter({"payment": len(down)}), workers)
 
@@ -350,6 +374,7 @@ def assert_tok_down_dead_letters(
 @pytest.mark.brokers
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+@pytest.mark.parametrize("saga_mode", MODES)
 def test_200_mixed_orders_across_worker_processes(
     broker: BrokerNamespace,
     system: System,

@@ -33,7 +33,7 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.mark.timeout(120)
-def test_metrics_count_what_the_sagas_did(api: System) -> None:
+def test_metrics_count_what_the_sagas_did(api: System, saga_mode: str) -> None:
     mug = [{"sku": "MUG-01", "qty": 1}]
     orders = [
         ("ok-1", mug, "tok_ok"),
@@ -68,7 +68,11 @@ def test_metrics_count_what_the_sagas_did(api: System) -> None:
     assert value(samples, "checkout_step_retries_total", service="payment", step="authorize_payment") == 2
     assert total(samples, "checkout_step_retries_total") == 2
     assert value(samples, "checkout_steps_total", service="payment", step="capture_payment", outcome="done") == 3
-    assert value(samples, "checkout_steps_total", service="payment", step="void_payment", outcome="done") == 1
+    voids = value(samples, "checkout_steps_total", service="payment", step="void_payment", outcome="done")
+    if saga_mode == "orchestration":  # the chord lets the no-stock order's authorization finish, then voids it
+        assert voids == 1
+    else:  # payment may hear of the stock failure before it authorized: then there is nothing to void
+        assert voids in (0, 1)
     assert total(samples, "checkout_dead_letters") == 0
     for source in ("orders", "steps", "dead_letters", "broker"):
         assert value(samples, "checkout_metrics_source_up", source=source) == 1

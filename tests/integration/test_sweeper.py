@@ -20,17 +20,24 @@ from tests.conftest import purge_memory_broker, wait_until
 
 
 class Lossy:
-    """Acknowledges the first ``lose`` order.start messages and never delivers them."""
+    """Acknowledges the first ``lose`` OrderPlaced events and never delivers them, to any of
+    their consumers (order.start, or in choreography the services that act on it)."""
 
     def __init__(self, inner: Publisher, lose: int) -> None:
         self.inner = inner
         self.left = lose
+        self.losing: set[str] = set()  # events whose first delivery to each consumer is lost
+        self.lost: set[tuple[str, str]] = set()
         self.lock = threading.Lock()
 
     def send(self, task: str, body: dict[str, Any], *, message_id: str, correlation_id: str) -> None:
         with self.lock:
-            if task == "order.start" and self.left > 0:
+            event_id = body.get("event_id")
+            if body.get("event_type") == "OrderPlaced" and event_id not in self.losing and self.left > 0:
                 self.left -= 1
+                self.losing.add(event_id)
+            if event_id in self.losing and (event_id, task) not in self.lost:
+                self.lost.add((event_id, task))
                 return
         self.inner.send(task, body, message_id=message_id, correlation_id=correlation_id)
 

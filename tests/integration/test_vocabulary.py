@@ -66,6 +66,11 @@ ROWS: list[tuple[str, dict[str, Any], str, str | None, set[str], set[str]]] = [
 ]
 
 
+#: Choreography has no chord holding a failure back until the other parallel branch has
+#: finished: the failure may reach that branch's service first, which then never acts.
+PREEMPTABLE: dict[str, set[str]] = {"tok_declined": {"InventoryReserved"}, "qty above stock": {"PaymentAuthorized"}}
+
+
 def gateway_attempts(system: System, order_id: str, operation: str) -> int:
     rows = system.runtime.databases["payment"].query(
         lambda c: c.execute(
@@ -84,7 +89,10 @@ def test_vocabulary_row(
     reason: str | None,
     present: set[str],
     absent: set[str],
+    saga_mode: str,
 ) -> None:
+    if saga_mode == "choreography":
+        present = present - PREEMPTABLE.get(label, set())
     args = {"items": [{"sku": "MUG-01", "qty": 2}], **kwargs}
     order_id = app.place_order("cust-1", **args)
     view = app.wait_for_order(order_id, timeout=60)

@@ -53,7 +53,10 @@ def test_delays_the_broker_would_not_wait_for_are_refused(overrides: dict[str, o
 
 def test_the_same_delays_are_fine_where_they_are_safe() -> None:
     Settings(
-        broker_url="redis://h", saga_deadline_seconds=900, saga_give_up_seconds=1800, visibility_timeout_seconds=1200
+        broker_url="redis://127.0.0.1",
+        saga_deadline_seconds=900,
+        saga_give_up_seconds=1800,
+        visibility_timeout_seconds=1200,
     )
     Settings(broker_url="memory://localhost/", saga_deadline_seconds=86400, saga_give_up_seconds=172800)
 

@@ -11,6 +11,7 @@ recorded as failed) and a bug (not retried).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,33 @@ def test_an_error_callback_compensates_only_once_a_failure_event_confirms_it(rt:
     # ... until the failure event arrives
     record.apply(args=(Envelope.wrap(PaymentDeclined(order_id=order_id, reason="card_declined")).to_wire(),))
     assert saga_state() == ("COMPENSATING", True)
+
+
+def test_an_event_consumer_reads_newer_metadata_but_dead_letters_what_it_cannot_read(rt: Runtime) -> None:
+    """A rolling upgrade: envelope metadata a newer producer added is ignored; a payload that
+    does not fit its type's registered version, or a version this code does not know, is
+    kept as a dead letter (with its order, for `dlq redrive --order`) and has no effect."""
+    from app.api import validate_order
+    from app.events import Envelope, InventoryReserved
+    from app.values import Line
+
+    order_id, _ = rt.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
+    record = rt.celery.tasks["order.record"]
+
+    def reserved() -> dict[str, Any]:
+        return Envelope.wrap(InventoryReserved(order_id=order_id, lines=(Line(sku="MUG-01", qty=1),))).to_wire()
+
+    newer_metadata = {**reserved(), "attempts": 1, "duration_ms": 3, "region": "eu-west-1"}
+    assert record.apply(args=(newer_metadata,)).successful()
+    unknown_field = reserved()
+    unknown_field["payload"]["warehouse"] = "W1"
+    newer_version = {**reserved(), "version": InventoryReserved.VERSION + 1}
+    for body in (unknown_field, newer_version):
+        result = record.apply(args=(body,))
+        assert isinstance(result.result, Reject) and result.result.requeue is False
+
+    assert [e.type for e in rt.order.view(order_id).events] == ["OrderPlaced", "InventoryReserved"]
+    letters = sorted(rt.dead_letters.find(order_id=order_id), key=lambda d: d.reason)
+    assert [(d.task, d.attempts) for d in letters] == [("order.record", 1)] * 2
+    assert letters[0].reason.startswith("invalid InventoryReserved version 1 payload: warehouse: Extra inputs")
+    assert letters[1].reason == "unreadable event: InventoryReserved version 2: this code reads version 1 only"

@@ -1,0 +1,266 @@
+"""Schema migrations on PostgreSQL (a fresh database per test), through ``python -m app db``
+as an operator runs it.
+
+* On an empty database ``db upgrade`` creates every service's tables and records each
+  service's head in its own version table; the system then runs on it (an order placed
+  in embedded mode completes, the auditor is clean). A second ``db upgrade`` changes
+  nothing. Four services on four databases are each upgraded in their own.
+* The migrations and the code agree: after ``db upgrade``, Alembic's comparison of each
+  service's tables with its metadata finds no difference — this fails when a table or
+  column is added to the code without a migration. ``db upgrade --sql`` prints a script
+  that builds the same schema.
+* In place: a database at the previous revision, holding orders, is upgraded to the head
+  with every row kept.
+* A database made before migrations (tables, no version table) is adopted, data kept.
+* Two ``db upgrade`` at once on one empty database: both succeed, one does the work.
+* A worker's start-up (``create_schema``) refuses a database that is behind, naming
+  ``db upgrade``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, func, inspect, select
+
+from app import migrations
+from app.api import System, validate_order
+from app.audit import audit
+from app.db import Database
+from app.runtime import SERVICE_MODULES
+from app.services.order import OrderService, orders
+from config.settings import SERVICES, Settings
+from tests.support.cluster import REPO_ROOT, postgres_database
+
+pytestmark = [pytest.mark.brokers, pytest.mark.timeout(180)]
+
+
+def app_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def cli_env(**urls: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    env.update({f"CHECKOUT_{name.upper()}": url for name, url in urls.items()})
+    return env
+
+
+@pytest.fixture
+def pg() -> Iterator[tuple[str, Engine]]:
+    with postgres_database() as url:
+        engine = create_engine(url)
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
+
+
+def diffs(engine: Engine, service: str) -> list[Any]:
+    """Alembic's differences between the service's tables in the database and its metadata."""
+    metadata = migrations.service_metadata(service)
+
+    def mine(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return type_ != "table" or name in metadata.tables
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": mine})
+        return list(compare_metadata(context, metadata))
+
+
+def revisions(engine: Engine) -> dict[str, str | None]:
+    with engine.connect() as conn:
+        return {service: migrations.current(conn, service) for service in SERVICES}
+
+
+def heads() -> dict[str, str]:
+    return {service: migrations.head(service) for service in SERVICES}
+
+
+def schema_snapshot(engine: Engine) -> dict[str, Any]:
+    """Every table's columns and indexes, as PostgreSQL reports them."""
+    inspector = inspect(engine)
+    return {
+        name: (
+            [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(name)],
+            sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(name)),
+        )
+        for name in sorted(inspector.get_table_names())
+    }
+
+
+def place_orders(url: str, count: int) -> list[str]:
+    """Orders written by the order service alone (no saga runs: no broker involved)."""
+    engine = create_engine(url)
+    try:
+        db = Database("order", engine, SERVICE_MODULES["order"].metadata, SERVICE_MODULES["order"].tables)
+        service = OrderService(db)
+        service.seed()
+        return [
+            service.place(validate_order(f"migrate-{n}", items=[{"sku": "MUG-01", "qty": n + 1}]))[0]
+            for n in range(count)
+        ]
+    finally:
+        engine.dispose()
+
+
+def order_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(orders).order_by(orders.c.order_id)).all()]
+
+
+def test_upgrade_on_an_empty_database_creates_every_table_and_the_system_runs(
+    pg: tuple[str, Engine], tmp_path: Any
+) -> None:
+    url, engine = pg
+    done = app_cli("db", "upgrade", env=cli_env(database_url=url))
+    assert done.returncode == 0, done.stderr
+    for service in SERVICES:
+        assert f"{service}: empty -> {migrations.head(service)}" in done.stdout, done.stdout
+    tables = set(inspect(engine).get_table_names())
+    expected = {name for s in SERVICES for name in migrations.service_metadata(s).tables}
+    assert expected | {migrations.version_table(s) for s in SERVICES} == tables
+    assert revisions(engine) == heads()
+    assert all(diffs(engine, s) == [] for s in SERVICES)
+
+    # A second upgrade changes nothing.
+    before = schema_snapshot(engine)
+    again = app_cli("db", "upgrade", env=cli_env(database_url=url))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("nothing to do") == len(SERVICES), again.stdout
+    assert schema_snapshot(engine) == before
+    current = app_cli("db", "current", env=cli_env(database_url=url))
+    assert current.returncode == 0 and current.stdout.count(" yes ") == len(SERVICES), current.stdout
+
+    # The system runs on it: an order through the whole saga, embedded, on this database.
+    running = System(Settings(data_dir=tmp_path, database_url=url)).start()
+    try:
+        order_id = running.runtime.order.place(validate_order("migrated", items=[{"sku": "TEE-01", "qty": 2}]))[0]
+        rt = running.runtime
+        report = audit(rt, settle=30)
+        assert rt.order.view(order_id).status == "COMPLETED", rt.order.view(order_id)
+        assert report.clean, report.violations
+    finally:
+        running.stop()
+    assert revisions(engine) == heads()  # the workers changed nothing
+
+
+def test_the_migrations_build_what_the_code_expects(pg: tuple[str, Engine]) -> None:
+    """Fails when a table, column, index or type changes in the code without a migration."""
+    url, engine = pg
+    for service in SERVICES:
+        migrations.upgrade(engine, service, migrations.service_metadata(service))
+    drift = {service: found for service in SERVICES if (found := diffs(engine, service))}
+    assert not drift, (
+        f"the code's tables differ from what the migrations build: {drift}\n"
+        "write a migration (README: Schema migrations)"
+    )
+
+
+def test_the_sql_script_builds_the_same_schema(pg: tuple[str, Engine]) -> None:
+    url, engine = pg
+    done = app_cli("db", "upgrade", "--sql", env=cli_env(database_url=url))
+    assert done.returncode == 0, done.stderr
+    assert inspect(engine).get_table_names() == [], "--sql must not touch the database"
+    with engine.connect() as conn:
+        conn.connection.driver_connection.execute(done.stdout)  # type: ignore[union-attr]
+        conn.commit()
+    assert revisions(engine) == heads()
+    assert all(diffs(engine, s) == [] for s in SERVICES)
+
+
+def test_an_upgrade_in_place_keeps_the_data(pg: tuple[str, Engine]) -> None:
+    url, engine = pg
+    with engine.connect() as conn, conn.begin():
+        for service in SERVICES:
+            command.upgrade(migrations.config(service, connection=conn), migrations.baseline(service))
+    assert revisions(engine)["order"] == "order_0001" != heads()["order"]
+    placed = place_orders(url, 5)
+    rows = order_rows(engine)
+    assert len(rows) == 5 and {r[0] for r in rows} == set(placed)
+    assert "ix_order_orders_created_at" not in {i["name"] for i in inspect(engine).get_indexes("order_orders")}
+
+    done = app_cli("db", "upgrade", env=cli_env(database_url=url))
+    assert done.returncode == 0, done.stderr
+    assert "order: order_0001 -> order_0002" in done.stdout, done.stdout
+    assert revisions(engine) == heads()
+    assert order_rows(engine) == rows
+    assert "ix_order_orders_created_at" in {i["name"] for i in inspect(engine).get_indexes("order_orders")}
+    assert all(diffs(engine, s) == [] for s in SERVICES)
+
+
+def test_a_database_from_before_migrations_is_adopted(pg: tuple[str, Engine]) -> None:
+    """Tables as the workers of a version without migrations made them (``create_all``),
+    one of them missing and a newer nullable column absent — adopted, nothing lost."""
+    url, engine = pg
+    with engine.begin() as conn:
+        for service in SERVICES:
+            metadata = migrations.service_metadata(service)
+            metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "shipping_readiness"])
+    placed = place_orders(url, 3)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_order_orders_created_at")
+        conn.exec_driver_sql("ALTER TABLE order_timeline DROP COLUMN duration_ms")
+    rows = order_rows(engine)
+    assert revisions(engine) == dict.fromkeys(SERVICES)
+
+    done = app_cli("db", "upgrade", env=cli_env(database_url=url))
+    assert done.returncode == 0, done.stderr
+    for service in SERVICES:
+        assert f"{service}: adopted existing tables at {migrations.baseline(service)}" in done.stdout, done.stdout
+    assert revisions(engine) == heads()
+    assert order_rows(engine) == rows and {r[0] for r in rows} == set(placed)
+    assert all(diffs(engine, s) == [] for s in SERVICES)
+
+
+def test_four_databases_are_each_upgraded() -> None:
+    with ExitStack() as stack:
+        urls = {s: stack.enter_context(postgres_database()) for s in SERVICES}
+        done = app_cli("db", "upgrade", env=cli_env(**{f"{s}_database_url": u for s, u in urls.items()}))
+        assert done.returncode == 0, done.stderr
+        for service, url in urls.items():
+            engine = create_engine(url)
+            try:
+                tables = set(inspect(engine).get_table_names())
+                mine = set(migrations.service_metadata(service).tables) | {migrations.version_table(service)}
+                assert tables == mine, (service, tables)
+                assert diffs(engine, service) == []
+            finally:
+                engine.dispose()
+
+
+def test_two_upgrades_at_once_both_succeed(pg: tuple[str, Engine]) -> None:
+    url, engine = pg
+    argv = [sys.executable, "-m", "app", "db", "upgrade"]
+    env = cli_env(database_url=url)
+    procs = [
+        subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    created = sum(out.count("empty ->") for out, _ in outputs)
+    assert created == len(SERVICES), outputs  # each service migrated once, by one of them
+    assert revisions(engine) == heads()
+
+
+def test_a_database_behind_is_refused_at_start_up(pg: tuple[str, Engine]) -> None:
+    url, engine = pg
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(migrations.config("order", connection=conn), "order_0001")
+    db = Database("order", engine, SERVICE_MODULES["order"].metadata, SERVICE_MODULES["order"].tables)
+    with pytest.raises(migrations.SchemaNotCurrent, match=r"order_0001.*needs order_0002.*python -m app db upgrade"):
+        db.create_schema()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(orders)).scalar() == 0
+    assert "ix_order_orders_created_at" not in {i["name"] for i in inspect(engine).get_indexes("order_orders")}

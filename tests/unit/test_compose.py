@@ -1,0 +1,566 @@
+"""docker-compose.yml, .env.example and the Procfile, checked without Docker.
+
+No Docker engine runs where the tests do, so the files are checked for what would make a
+deployment fail at start or run wrong: each must parse; every command (and every
+healthcheck) must name a worker module whose Celery app exists, service queues, a real
+``celery`` option and a real ``python -m app`` subcommand; every CHECKOUT_* variable set
+must be a setting, and the values must pass the settings' own validation; every service
+queue must have exactly one worker, and beat, the outbox relay and Flower must be there;
+every service needs a healthcheck; every interpolated variable must come from
+.env.example, and no password may be written in the files. Failures name the service and
+the variable or argument at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from celery import Celery
+from honcho.environ import parse_procfile
+from pydantic import ValidationError
+
+from app.cli import build_parser
+from config.celery import service_queues
+from config.settings import SERVICES, Settings, variables
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+PROCFILE = ROOT / "Procfile"
+
+SETTINGS_VARIABLES = {env for env, _, _ in variables()}
+QUEUES = {queue.name for queue in service_queues()}
+#: The keys of the compose specification this file may use (compose refuses unknown ones).
+SERVICE_KEYS = {
+    "build", "image", "command", "entrypoint", "environment", "env_file", "healthcheck", "depends_on", "ports",
+    "expose", "volumes", "restart", "hostname", "deploy", "networks", "labels", "user", "working_dir", "init",
+    "stop_signal", "stop_grace_period", "profiles", "logging", "ulimits", "extra_hosts", "pull_policy", "secrets",
+}  # fmt: skip
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+SECRET_NAME = re.compile(r"PASS|SECRET|AUTH|TOKEN", re.IGNORECASE)
+
+#: ``$$``, ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``, ``${NAME?error}``, ``$NAME``
+REFERENCE = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+class Unresolved(Exception):
+    """A ``${NAME:?...}`` (or plain ``${NAME}``) with NAME unset, as compose would refuse it."""
+
+    def __init__(self, name: str, message: str, where: str = "") -> None:
+        super().__init__(f"{where or 'docker-compose.yml'}: ${{{name}}} is not set ({message})")
+        self.name = name
+        self.message = message
+
+
+@pytest.fixture(autouse=True)
+def scratch_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing a worker module builds its runtime (it connects to nothing): give it default
+    settings over a scratch directory, whatever this shell's CHECKOUT_* variables say."""
+    for key in [k for k in os.environ if k.startswith("CHECKOUT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHECKOUT_DATA_DIR", str(tmp_path))
+
+
+# --- reading the files ---------------------------------------------------------------
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; compose refuses the file. So refuse it too."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise AssertionError(f"docker-compose.yml line {line}: {key!r} again (first on line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.load(COMPOSE_FILE.read_text(), Loader=StrictLoader)
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict), "docker-compose.yml has no services"
+    return data
+
+
+def env_example() -> dict[str, str]:
+    """KEY=VALUE lines of .env.example (comments and blank lines skipped)."""
+    values = {}
+    for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key), f".env.example line {number}: {line!r}"
+        values[key] = value
+    return values
+
+
+def strings(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """(path, text) of every string value in a parsed YAML tree (compose does not
+    interpolate mapping keys)."""
+    if isinstance(node, str):
+        yield where, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from strings(value, f"{where}[{i}]")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's interpolation of one string."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        value = env.get(name)
+        empty_counts = op is not None and op.startswith(":")
+        missing = value is None or (empty_counts and value == "")
+        if op in (":-", "-"):
+            return arg if missing else str(value)
+        if missing and (op in (":?", "?") or op is None):
+            raise Unresolved(name, arg or "is not set")
+        return str(value or "")
+
+    return REFERENCE.sub(one, text)
+
+
+def resolve(node: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """The tree with every string interpolated; Unresolved names where a variable is missing."""
+    if isinstance(node, str):
+        try:
+            return interpolate(node, env)
+        except Unresolved as exc:
+            raise Unresolved(exc.name, exc.message, where) from None
+    if isinstance(node, dict):
+        return {key: resolve(value, env, f"{where}.{key}") for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve(value, env, f"{where}[{i}]") for i, value in enumerate(node)]
+    return node
+
+
+def references(node: Any) -> dict[str, set[str]]:
+    """Variable name -> the operators it is used with ("" for none) anywhere in the tree."""
+    found: dict[str, set[str]] = {}
+    for _, text in strings(node):
+        for match in REFERENCE.finditer(text):
+            name = match.group("name") or match.group("bare")
+            if name:
+                found.setdefault(name, set()).add(match.group("op") or "")
+    return found
+
+
+def filled_env() -> dict[str, str]:
+    """.env.example as someone who followed it would have it: every empty value filled in."""
+    return {key: value or secrets.token_hex(16) for key, value in env_example().items()}
+
+
+def passwords_only() -> dict[str, str]:
+    """Only what must be set (the passwords): every other variable takes the file's default."""
+    return {key: secrets.token_hex(16) for key, value in env_example().items() if not value}
+
+
+def project_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services built from this repository (the rest are the servers' images)."""
+    return {name: svc for name, svc in data["services"].items() if "build" in svc}
+
+
+def argv(value: Any) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def healthcheck_argv(service: dict[str, Any]) -> tuple[str, list[str]]:
+    test = (service.get("healthcheck") or {}).get("test")
+    if not test or test == ["NONE"]:
+        return "NONE", []
+    if isinstance(test, str):
+        return "CMD-SHELL", [test]
+    return test[0], [str(t) for t in test[1:]]
+
+
+# --- what a command means --------------------------------------------------------------
+
+
+def strip_shell(tokens: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Leading ``NAME=value`` assignments and an ``exec``, as in a Procfile line."""
+    assigned = {}
+    while tokens and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[0]):
+        name, _, value = tokens[0].partition("=")
+        assigned[name] = value
+        tokens = tokens[1:]
+    if tokens[:1] == ["exec"]:
+        tokens = tokens[1:]
+    return assigned, tokens
+
+
+def celery_command(tokens: list[str]) -> dict[str, Any]:
+    """Parse ``celery -A MODULE SUBCOMMAND ...`` with Celery's own command line (nothing runs):
+    the module must import and hold a Celery app, and every option must exist."""
+    from celery.bin.base import CLIContext
+    from celery.bin.celery import celery as celery_cli
+
+    if "-A" not in tokens and "--app" not in tokens:
+        raise AssertionError("no -A MODULE")
+    module_name = tokens[tokens.index("-A" if "-A" in tokens else "--app") + 1]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AssertionError(f"-A {module_name}: cannot import it ({exc})") from None
+    app = getattr(module, "app", None)
+    if not isinstance(app, Celery):
+        raise AssertionError(f"-A {module_name}: it has no Celery app named `app`")
+    obj = CLIContext(app=app, no_color=True, workdir=None, quiet=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # click's protected_args
+        try:
+            ctx = celery_cli.make_context("celery", list(tokens), obj=obj)
+            name, cmd, rest = celery_cli.resolve_command(ctx, ctx.protected_args + ctx.args)
+            assert cmd is not None and name is not None
+            sub = cmd.make_context(name, rest, parent=ctx, obj=obj)
+        except Exception as exc:  # click's usage errors: an unknown option or subcommand
+            raise AssertionError(f"celery {' '.join(tokens)}: {exc}") from None
+    return {"module": module_name, "app": app, "subcommand": name, "params": sub.params}
+
+
+def python_command(tokens: list[str]) -> dict[str, Any]:
+    """``python -m app ...`` (parsed by the CLI's own parser), ``python -m app.flower`` or ``python -c``."""
+    if tokens[:1] == ["-c"]:
+        compile(tokens[1], "<healthcheck>", "exec")
+        return {"module": None}
+    if tokens[:1] != ["-m"] or len(tokens) < 2:
+        raise AssertionError(f"python {' '.join(tokens)}: expected python -m MODULE or python -c CODE")
+    module_name, rest = tokens[1], tokens[2:]
+    if module_name == "app":
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            try:
+                args = build_parser().parse_args(rest)
+            except SystemExit:
+                raise AssertionError(f"python -m app {' '.join(rest)}: {errors.getvalue().strip()}") from None
+        return {"module": "app", "args": args}
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AssertionError(f"python -m {module_name}: cannot import it ({exc})") from None
+    if not callable(getattr(module, "main", None)):
+        raise AssertionError(f"python -m {module_name}: the module has no main()")
+    if rest:
+        raise AssertionError(f"python -m {module_name} takes no arguments (it reads the settings), got {rest}")
+    return {"module": module_name}
+
+
+def meaning(tokens: list[str]) -> dict[str, Any]:
+    """What a project command runs; AssertionError saying what is wrong with it."""
+    if not tokens:
+        raise AssertionError("empty command")
+    program, rest = Path(tokens[0]).name, tokens[1:]
+    if program == "celery":
+        return {"program": "celery", **celery_command(rest)}
+    if program in {"python", "python3"}:
+        return {"program": "python", **python_command(rest)}
+    raise AssertionError(f"{tokens[0]}: not celery or python, so not a process of this project")
+
+
+def role(found: dict[str, Any]) -> str:
+    """worker, beat, relay, flower, metrics ... of a parsed command."""
+    if found["program"] == "celery":
+        return str(found["subcommand"])
+    if found["module"] == "app":
+        return str(found["args"].command)
+    return str(found["module"])
+
+
+def worker_queues(found: dict[str, Any]) -> list[str]:
+    queues: list[str] = []
+    for item in found["params"].get("queues") or []:
+        queues.extend(q for q in item.split(",") if q)
+    return queues
+
+
+# --- docker-compose.yml ------------------------------------------------------------------
+
+
+def commands(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Service -> what its command runs, for every project service (AssertionError naming
+    the service when one does not make sense)."""
+    found = {}
+    for name, svc in project_services(data).items():
+        if "command" not in svc:
+            raise AssertionError(f"service {name}: no command (the image's default only prints --help)")
+        try:
+            found[name] = meaning(argv(svc["command"]))
+        except AssertionError as exc:
+            raise AssertionError(f"service {name}: command: {exc}") from None
+    return found
+
+
+def test_the_compose_file_parses_with_the_services_of_the_design() -> None:
+    data = compose()
+    services = data["services"]
+    unknown = [key for key in data if key not in {"name", "services", "volumes", "networks"} and key[:2] != "x-"]
+    assert not unknown, f"docker-compose.yml: unknown top-level keys {unknown}"
+    for name, svc in services.items():
+        assert not set(svc) - SERVICE_KEYS, f"service {name}: unknown keys {sorted(set(svc) - SERVICE_KEYS)}"
+        extra = set(svc.get("healthcheck") or {}) - HEALTHCHECK_KEYS
+        assert not extra, f"service {name}: unknown healthcheck keys {sorted(extra)}"
+    assert {"rabbitmq", "redis", "postgres"} <= set(services), sorted(services)
+    assert "15672:15672" in " ".join(services["rabbitmq"].get("ports", [])), "RabbitMQ's management UI is not published"
+    assert services["rabbitmq"]["image"].endswith("-management"), "RabbitMQ without its management UI"
+    for name, svc in project_services(data).items():
+        assert svc.get("restart") == "unless-stopped", f"service {name}: restart is {svc.get('restart')!r}"
+
+
+def test_every_command_names_a_real_module_queue_and_subcommand() -> None:
+    data = compose()
+    problems = []
+    for name, svc in project_services(data).items():
+        for what, tokens in (("command", argv(svc.get("command", []))), ("healthcheck", healthcheck_argv(svc)[1])):
+            if what == "healthcheck" and not tokens:
+                continue  # test_every_service_has_a_healthcheck_that_checks_that_service says so
+            try:
+                found = meaning(tokens)
+            except AssertionError as exc:
+                problems.append(f"service {name}: {what}: {exc}")
+                continue
+            if found["program"] == "celery" and found["subcommand"] == "worker":
+                wrong = [q for q in worker_queues(found) if q not in QUEUES]
+                if wrong or not worker_queues(found):
+                    problems.append(f"service {name}: -Q {wrong or 'missing'}: the service queues are {sorted(QUEUES)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_service_queue_has_exactly_one_worker_service() -> None:
+    found = commands(compose())
+    workers = {name: worker_queues(f) for name, f in found.items() if role(f) == "worker"}
+    per_queue = Counter(q for queues in workers.values() for q in queues)
+    problems = [f"queue {q}: {per_queue[q]} worker services (want exactly 1)" for q in SERVICES if per_queue[q] != 1]
+    for name, queues in workers.items():
+        if len(queues) != 1:
+            problems.append(f"service {name}: consumes {queues}; one queue per worker service, so each scales alone")
+        node = found[name]["params"].get("hostname") or ""
+        if queues and not node.startswith(f"{queues[0]}@"):
+            problems.append(f"service {name}: -n {node!r} should be {queues[0]}@%h (the healthcheck asks for it)")
+    assert not problems, "\n".join(problems)
+
+
+def test_beat_the_relay_flower_and_the_metrics_exporter_run_once_each() -> None:
+    roles = Counter(role(f) for f in commands(compose()).values())
+    for wanted in ("beat", "relay", "app.flower", "metrics"):
+        assert roles[wanted] == 1, f"{roles[wanted]} services run {wanted} (want 1); roles: {dict(roles)}"
+
+
+def test_every_service_has_a_healthcheck_that_checks_that_service() -> None:
+    data = compose()
+    found = commands(data)
+    problems = []
+    for name, svc in data["services"].items():
+        test = svc.get("healthcheck", {}).get("test")
+        if not test or test == ["NONE"]:
+            problems.append(f"service {name}: no healthcheck")
+    for name, what in found.items():
+        kind, tokens = healthcheck_argv(data["services"][name])
+        if kind == "NONE":
+            continue
+        if kind != "CMD":
+            problems.append(f"service {name}: healthcheck should be exec form (CMD), not {kind}")
+            continue
+        check = meaning(tokens)
+        if role(what) == "worker":
+            args = getattr(check.get("args"), "__dict__", {})
+            if role(check) != "health" or args.get("service") != worker_queues(what) or not args.get("this_host"):
+                problems.append(
+                    f"service {name}: healthcheck should be python -m app health --service "
+                    f"{' '.join(worker_queues(what))} --this-host (its own worker), not {tokens}"
+                )
+        elif role(what) == "beat":
+            node = str(what["params"].get("hostname") or "").replace("%h", str(data["services"][name].get("hostname")))
+            if not what["params"].get("remote_control"):
+                problems.append(f"service {name}: beat needs --enable-remote-control to answer its healthcheck")
+            if role(check) != "inspect" or check["params"].get("destination") != [node]:
+                problems.append(f"service {name}: healthcheck should ping {node} (celery inspect ping --destination)")
+        elif role(what) == "relay":
+            if role(check) != "relay" or not check["args"].check:
+                problems.append(f"service {name}: healthcheck should be python -m app relay --check")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("given", ["the .env.example values", "passwords only"])
+def test_every_checkout_variable_set_is_a_setting_and_valid(given: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = resolve(compose(), filled_env() if given == "the .env.example values" else passwords_only())
+    for key in [k for k in os.environ if k.startswith("CHECKOUT_")]:
+        monkeypatch.delenv(key)
+    problems = []
+    for name, svc in project_services(data).items():
+        env = svc.get("environment") or {}
+        assert isinstance(env, dict), f"service {name}: write environment as a mapping"
+        unknown = sorted(k for k in env if k.startswith("CHECKOUT_") and k not in SETTINGS_VARIABLES)
+        if unknown:
+            problems.append(f"service {name}: {', '.join(unknown)} not settings (see `python -m app settings`)")
+            continue
+        fields = {k.removeprefix("CHECKOUT_").lower(): str(v) for k, v in env.items() if k.startswith("CHECKOUT_")}
+        try:
+            Settings(**fields)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems.append(f"service {name}: the settings refuse its environment: {exc}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_workers_leave_the_outbox_to_the_relay() -> None:
+    data = resolve(compose(), filled_env())
+    problems = []
+    for name, what in commands(data).items():
+        env = data["services"][name].get("environment") or {}
+        if role(what) == "worker" and str(env.get("CHECKOUT_WORKER_OUTBOX_SWEEP")).lower() != "false":
+            problems.append(f"service {name}: set CHECKOUT_WORKER_OUTBOX_SWEEP=false (the relay sweeps every outbox)")
+        if role(what) == "relay" and not env.get("CHECKOUT_RELAY_HEARTBEAT_FILE"):
+            problems.append(f"service {name}: set CHECKOUT_RELAY_HEARTBEAT_FILE (its healthcheck reads it)")
+    assert not problems, "\n".join(problems)
+
+
+def test_interpolated_variables_come_from_the_env_example() -> None:
+    data = compose()
+    used = references(data)
+    example = env_example()
+    required = sorted(name for name, ops in used.items() if ops & {"", ":?", "?"})
+    missing = [name for name in required if name not in example]
+    assert not missing, f"docker-compose.yml needs {missing}, which .env.example does not list"
+    stale = sorted(set(example) - set(used))
+    assert not stale, f".env.example lists {stale}, which docker-compose.yml does not use"
+    resolve(data, filled_env())  # everything resolves once the passwords are filled in
+
+
+def test_no_password_is_written_in_the_files() -> None:
+    data = compose()
+    problems = []
+    for where, text in strings(data):
+        key = where.rsplit(".", 1)[-1]
+        if SECRET_NAME.search(key) and "healthcheck" not in where:
+            if not re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}", text):
+                problems.append(f"{where}: set it as ${{VARIABLE:?message}}, not {text!r}")
+        for url in re.findall(r"[a-z+]+://[^\s\"']+", text):
+            userinfo = url.split("://", 1)[1].rpartition("@")[0]
+            password = userinfo.partition(":")[2]
+            if userinfo and not re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}", password):
+                problems.append(f"{where}: the password in {url!r} should be ${{VARIABLE:?message}}")
+    redis = data["services"]["redis"]
+    requirepass = argv(redis["command"])[argv(redis["command"]).index("--requirepass") + 1]
+    if not requirepass.startswith("${"):
+        problems.append("redis: --requirepass should come from ${REDIS_PASSWORD:?...}")
+    secrets_in_example = {k: v for k, v in env_example().items() if SECRET_NAME.search(k) and v}
+    if secrets_in_example:
+        problems.append(f".env.example gives {sorted(secrets_in_example)} a value: leave them empty, to be filled in")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_env_example_as_it_is_is_refused_until_the_passwords_are_set() -> None:
+    with pytest.raises(Unresolved) as refused:
+        resolve(compose(), env_example())
+    assert SECRET_NAME.search(refused.value.name), refused.value
+
+
+# --- Procfile and make up ----------------------------------------------------------------
+
+
+def procfile() -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
+    """Process name -> (variables it sets, what it runs)."""
+    found = {}
+    for name, line in parse_procfile(PROCFILE.read_text()).processes.items():
+        assigned, tokens = strip_shell(shlex.split(line))
+        try:
+            found[name] = (assigned, meaning(tokens))
+        except AssertionError as exc:
+            raise AssertionError(f"Procfile {name}: {exc}") from None
+    return found
+
+
+def test_the_procfile_runs_one_worker_per_queue_beat_and_the_relay() -> None:
+    processes = procfile()
+    problems = []
+    workers = {n: worker_queues(f) for n, (_, f) in processes.items() if role(f) == "worker"}
+    for name, queues in workers.items():
+        if queues != [name]:
+            problems.append(f"Procfile {name}: consumes {queues}; name each worker after its one queue")
+        if processes[name][0].get("CHECKOUT_WORKER_OUTBOX_SWEEP") != "false":
+            problems.append(f"Procfile {name}: set CHECKOUT_WORKER_OUTBOX_SWEEP=false (the relay sweeps)")
+    if sorted(q for queues in workers.values() for q in queues) != sorted(SERVICES):
+        problems.append(f"Procfile workers consume {workers}; want one per queue of {list(SERVICES)}")
+    roles = Counter(role(f) for _, f in processes.values())
+    for wanted in ("beat", "relay", "app.flower", "metrics"):
+        if roles[wanted] != 1:
+            problems.append(f"Procfile: {roles[wanted]} processes run {wanted} (want 1)")
+    for name, (assigned, _) in processes.items():
+        unknown = sorted(k for k in assigned if k not in SETTINGS_VARIABLES)
+        if unknown:
+            problems.append(f"Procfile {name}: {unknown} not settings")
+    assert not problems, "\n".join(problems)
+
+
+def make(target: str, env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHECKOUT_", "MAKE")) and k != "METRICS"}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", *options, target],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def up_processes(env: dict[str, str]) -> list[str]:
+    """The Procfile processes `make up` would start with ``env`` (read from `make -n`)."""
+    done = make("up", env, "-n")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if "honcho start" in line]
+    return shlex.split(line)[shlex.split(line).index("Procfile") + 1 :]
+
+
+def test_make_up_starts_the_workers_beat_and_relay_and_flower_or_metrics_when_asked() -> None:
+    servers = {"CHECKOUT_BROKER_URL": "redis://127.0.0.1:6379/0", "CHECKOUT_DATABASE_URL": "sqlite:///x.db"}
+    assert set(procfile()) >= {"flower", "metrics"}
+    core = [*SERVICES, "beat", "relay"]
+    assert up_processes(servers) == core
+    flower = {"CHECKOUT_FLOWER_USER": "ops", "CHECKOUT_FLOWER_PASSWORD": secrets.token_hex(8)}
+    assert up_processes(servers | flower) == [*core, "flower"]
+    assert up_processes(servers | {"CHECKOUT_FLOWER_USER": "ops"}) == core  # no password, no Flower
+    assert up_processes(servers | {"METRICS": "1"}) == [*core, "metrics"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("broker", [None, "memory://localhost/"])
+def test_make_up_refuses_the_embedded_broker(broker: str | None) -> None:
+    env = {"CHECKOUT_DATABASE_URL": "sqlite:///x.db"} | ({"CHECKOUT_BROKER_URL": broker} if broker else {})
+    done = make("up", env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "make up: set CHECKOUT_BROKER_URL" in done.stderr and "memory://" in done.stderr, done.stderr
+    assert "honcho" not in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_make_up_refuses_without_a_database_url() -> None:
+    done = make("up", {"CHECKOUT_BROKER_URL": "redis://127.0.0.1:6379/0"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "make up: set CHECKOUT_DATABASE_URL" in done.stderr, done.stderr
