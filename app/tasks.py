@@ -212,24 +212,38 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(fn)
 
     # --- forward steps -------------------------------------------------------------
+    def run_step(
+        task: Task,
+        body: Any,
+        step: str,
+        order_id: str,
+        call: Callable[[], StepRecord | None],
+        give_up: Callable[..., Any],
+    ) -> StepRecord | None:
+        """Run a saga step (whatever sent it: a canvas or an event) as one attempt: an
+        unknown order is a dead letter; a transient failure is retried, and once the retries
+        run out the step gives up (its service says so with a failure event)."""
+        with _attempt(task, step):
+            try:
+                return call()
+            except OrderNotFound as exc:
+                dead_letter(task, body, f"unknown order: {exc}", exc)
+            except TRANSIENT as exc:
+                retry_or_dead_letter(
+                    task,
+                    body,
+                    exc,
+                    persistent=False,
+                    give_up=lambda reason: give_up(order_id, step, reason, task.request.id),
+                )
+
     def forward(
         step: str, command: type[Command], handle: Callable[[Any, str], StepRecord], give_up: Callable[..., Any]
     ) -> Callable[..., Any]:
         def run(self: Task, body: Any) -> dict[str, Any]:
             cmd = parse(self, command, body)
-            with _attempt(self, step):
-                try:
-                    record = handle(cmd, self.request.id)
-                except OrderNotFound as exc:
-                    dead_letter(self, body, f"unknown order: {exc}", exc)
-                except TRANSIENT as exc:
-                    retry_or_dead_letter(
-                        self,
-                        body,
-                        exc,
-                        persistent=False,
-                        give_up=lambda reason: give_up(cmd.order_id, step, reason, self.request.id),
-                    )
+            record = run_step(self, body, step, cmd.order_id, lambda: handle(cmd, self.request.id), give_up)
+            assert record is not None
             if record.outcome in {"failed", "prevented"}:
                 raise StepFailed(step, record.reason or record.outcome)
             return {"order_id": cmd.order_id, "step": step, "outcome": record.outcome}
@@ -379,23 +393,17 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
 
         def run(self: Task, body: Any) -> dict[str, Any] | None:
             env = parse(self, Envelope, body)
-            with _attempt(self, step):
+
+            def decided() -> StepRecord | None:
                 try:
-                    try:
-                        cmd = decide(env)
-                    except ValidationError as exc:
-                        dead_letter(self, body, f"invalid {env.event_type} payload: {exc.errors()[0]['msg']}", exc)
-                    if cmd is None:
-                        return None
-                    record = handle(cmd, self.request.id)
-                except TRANSIENT as exc:
-                    retry_or_dead_letter(
-                        self,
-                        body,
-                        exc,
-                        persistent=False,
-                        give_up=lambda reason: give_up(env.key, step, reason, self.request.id),
-                    )
+                    cmd = decide(env)
+                except ValidationError as exc:
+                    dead_letter(self, body, f"invalid {env.event_type} payload: {_first_error(exc)}", exc)
+                return None if cmd is None else handle(cmd, self.request.id)
+
+            record = run_step(self, body, step, env.key, decided, give_up)
+            if record is None:
+                return None
             return {"order_id": env.key, "step": step, "outcome": record.outcome}
 
         return run

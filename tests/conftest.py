@@ -34,13 +34,21 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def saga_mode() -> str:
+    """The saga mode of the system under test: orchestration, unless a conftest or a test
+    parametrizes ``saga_mode`` (the integration tests run in both)."""
+    return "orchestration"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, saga_mode: str) -> Settings:
     return Settings(
         data_dir=tmp_path,
         retry_base_seconds=0.05,
         retry_cap_seconds=0.4,
         outbox_sweep_seconds=0.5,
         outbox_grace_seconds=0.5,
+        saga_mode=saga_mode,
     )
 
 

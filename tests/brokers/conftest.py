@@ -73,13 +73,6 @@ def settings_overrides() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-def saga_mode() -> str:
-    """The saga mode of the whole system: orchestration, unless a test parametrizes
-    ``saga_mode`` (the saga, fault and poison tests run in both)."""
-    return "orchestration"
-
-
 def settings_env(overrides: dict[str, Any]) -> dict[str, str]:
     """``{"saga_deadline_seconds": 8}`` -> ``{"CHECKOUT_SAGA_DEADLINE_SECONDS": "8"}``."""
     unknown = set(overrides) - set(Settings.model_fields)

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,7 @@ import pytest
 from app.api import System, validate_order
 from config.settings import SERVICES
 from tests.conftest import wait_until
-from tests.support.cluster import Workers
+from tests.support.cluster import Workers, background_process, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,12 +64,6 @@ def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]
         return exc.code, exc.read()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def listening_addresses(port: int) -> set[str]:
     """Addresses with a TCP socket listening on ``port``, from /proc/net/tcp and tcp6."""
     found = set()
@@ -92,34 +83,10 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-@contextmanager
-def flower(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def flower(env: dict[str, str], log_path: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """``python -m app.flower`` (what ``make flower`` runs) in its own process group;
     always stopped on exit: SIGTERM, then SIGKILL."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.flower"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait(timeout=10)
+    return background_process([sys.executable, "-m", "app.flower"], env, log_path, ROOT)
 
 
 @pytest.mark.brokers

@@ -9,15 +9,11 @@ and a queue depth for each service queue — zero once the queues have drained.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -27,7 +23,7 @@ from app.api import System
 from config.settings import SERVICES
 from tests.brokers.test_multiprocess import Row, order_plan, place_all, wait_all_terminal
 from tests.conftest import wait_until
-from tests.support.cluster import BrokerNamespace, Workers
+from tests.support.cluster import BrokerNamespace, Workers, background_process, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,35 +42,9 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def exporter(env: dict[str, str], port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def exporter(env: dict[str, str], port: int, log_path: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """``python -m app metrics --port PORT`` (default address), stopped with SIGTERM on exit."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "metrics", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    return background_process([sys.executable, "-m", "app", "metrics", "--port", str(port)], env, log_path, ROOT)
 
 
 def scrape(url: str) -> str | None:

@@ -397,6 +397,48 @@ def broker_outage(kind: str, vhosts: tuple[str, ...] = ()) -> Iterator[None]:
             start_rabbitmq_app(vhosts)
 
 
+# --- other processes -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def background_process(
+    argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path, stop_timeout: float = 15.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in its own process group, its output in ``log_path``; on the way out
+    (whatever happened) SIGTERM it, then SIGKILL whatever is left of its group."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=10)
+
+
 # --- worker processes ------------------------------------------------------------------
 
 
