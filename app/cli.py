@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from app.errors import InvalidOrder, OrderNotFound
 from app.telemetry import use_log_format
+from config.settings import BUILTIN_EXTENSIONS, SERVICES
 
 DESCRIPTION = """\
 Checkout Saga: an event-driven checkout on Celery.
@@ -380,10 +381,14 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     from app.health import check
     from app.runtime import Runtime
-    from config.settings import SERVICES
 
-    services = tuple(args.service) if args.service else SERVICES
     rt = Runtime()
+    services = tuple(args.service) if args.service else rt.settings.queues
+    unknown = [s for s in services if s not in rt.settings.queues]
+    if unknown:
+        rt.close()
+        print(f"error: no service or extension {', '.join(unknown)}; known: {', '.join(rt.settings.queues)}")
+        return 2
     try:
         results = check(rt, services, timeout=args.timeout, host=socket.gethostname() if args.this_host else None)
     finally:
@@ -432,15 +437,18 @@ def cmd_db_init(_args: argparse.Namespace) -> int:
     return 0
 
 
-SERVICE_NAMES = ("order", "inventory", "payment", "shipping")
+#: Who has a line of migrations: the services, and the extensions that ship with the system.
+SERVICE_NAMES = SERVICES + tuple(BUILTIN_EXTENSIONS)
 
 
 def _service_databases(only: Sequence[str] | None) -> list[tuple[str, str]]:
-    """(service, database URL) of each service asked for (all by default)."""
-    from config.settings import SERVICES, Settings
+    """(service, database URL) of each service asked for (all by default), and of each
+    built-in extension that CHECKOUT_EXTENSIONS adds."""
+    from config.settings import Settings
 
     settings = Settings()
-    return [(service, settings.database_url_for(service)) for service in SERVICES if not only or service in only]
+    owners = SERVICES + tuple(name for name in settings.extension_targets if name in BUILTIN_EXTENSIONS)
+    return [(service, settings.database_url_for(service)) for service in owners if not only or service in only]
 
 
 def _shown(url: str) -> str:
@@ -496,10 +504,9 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 def cmd_db_history(args: argparse.Namespace) -> int:
     from app import migrations
-    from config.settings import SERVICES
 
     rows = []
-    for service in SERVICES:
+    for service in SERVICE_NAMES:
         if args.service and service not in args.service:
             continue
         for script in migrations.history(service):
@@ -724,10 +731,63 @@ def _mode(args: argparse.Namespace) -> str:
     return load_settings().saga_mode
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from app.analytics import NAME, sales_by_day
+
+    rt = _runtime()
+    try:
+        if NAME not in rt.extensions:
+            print(
+                "error: sales analytics is not on: add analytics to CHECKOUT_EXTENSIONS in every process's "
+                "environment, run its worker (celery -A workers.analytics worker -Q analytics), and feed it the "
+                "history with: python -m app replay --type OrderCompleted --type OrderCancelled --to analytics.handle",
+                file=sys.stderr,
+            )
+            return 2
+        since = datetime.now(UTC).date() - timedelta(days=args.days - 1) if args.days else None
+        days = sales_by_day(rt.databases[NAME], since)
+    finally:
+        rt.close()
+    if args.json:
+        rows = [
+            {
+                "day": d.day,
+                "completed": d.completed,
+                "cancelled": d.cancelled,
+                "revenue_cents": dict(sorted(d.revenue_cents.items())),
+                "cancelled_by_reason": dict(sorted(d.reasons.items())),
+            }
+            for d in days
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not days:
+        print("no order has ended yet" + (f" in the last {args.days} day(s)" if args.days else ""))
+        return 0
+    table = []
+    for d in days:
+        revenue = ", ".join(_money(cents, currency) for currency, cents in sorted(d.revenue_cents.items()))
+        reasons = ", ".join(f"{reason} {n}" for reason, n in d.reasons.most_common())
+        table.append((d.day, d.completed, revenue or "-", d.cancelled, f"{d.cancelled / d.ended:.0%}", reasons))
+    print(_table(table, ("day (UTC)", "completed", "revenue", "cancelled", "cancel rate", "why cancelled")))
+    return 0
+
+
+def _extensions() -> list[Any]:
+    """The extensions CHECKOUT_EXTENSIONS adds (their definitions, loaded)."""
+    from app.extensions import load_all
+    from config.settings import load_settings
+
+    return list(load_all(load_settings().extension_targets).values())
+
+
 def cmd_events_graph(args: argparse.Namespace) -> int:
     from app.eventgraph import mermaid
 
-    print(mermaid(_mode(args)))
+    print(mermaid(_mode(args), _extensions()))
     return 0
 
 
@@ -736,7 +796,8 @@ def cmd_events_check(args: argparse.Namespace) -> int:
     from app.subscriptions import MODES
 
     modes = MODES if args.mode == "all" else (_mode(args),)
-    found = [problem for mode in modes for problem in problems(mode)]
+    extensions = _extensions()
+    found = [problem for mode in modes for problem in problems(mode, extensions=extensions)]
     for problem in found:
         print(f"error: {problem}", file=sys.stderr)
     if not found:
@@ -831,8 +892,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service",
         action="append",
-        choices=("order", "inventory", "payment", "shipping"),
-        help="check only what this service needs (repeatable)",
+        metavar="SERVICE",
+        help="check only what this service (or extension) needs (repeatable): order, inventory, payment, "
+        "shipping, or a name in CHECKOUT_EXTENSIONS",
     )
     health.add_argument(
         "--this-host",
@@ -918,6 +980,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: rebuild the order projection from the logs and print its diff against the live one",
     )
     replay.set_defaults(func=cmd_replay, replay_parser=replay)
+
+    analytics = sub.add_parser(
+        "analytics",
+        help="sales by day: orders completed and their revenue, orders cancelled and why (CHECKOUT_EXTENSIONS=analytics)",
+        description="Sales by UTC day, from the analytics extension's own tables: orders completed and their "
+        "revenue per currency, orders cancelled and why. The extension follows OrderCompleted and "
+        "OrderCancelled on its own queue; a new installation catches up on history with\n"
+        "  python -m app replay --type OrderCompleted --type OrderCancelled --to analytics.handle",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    analytics.add_argument("--days", type=int, metavar="N", help="only the last N days, today included")
+    analytics.add_argument("--json", action="store_true", help="print JSON (amounts in minor units)")
+    analytics.set_defaults(func=cmd_analytics)
 
     events = sub.add_parser("events", help="the event graph: who consumes what, in either saga mode")
     events_sub = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")

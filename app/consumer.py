@@ -185,9 +185,10 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
         rt = getattr(self.app, "checkout_runtime", None)
         routing_key = str((message.delivery_info or {}).get("routing_key") or "")
         service = routing_key.split(".", 1)[0]
-        if service not in SERVICES:
+        known = tuple(rt.databases) if rt is not None else SERVICES  # the services', and extensions'
+        if service not in known:
             consumed = [q.name for q in self.app.amqp.queues.consume_from.values()]
-            service = next((q for q in consumed if q in SERVICES), "order")
+            service = next((q for q in consumed if q in known), "order")
         headers = _headers(message)
         task = headers.get("task")
         key = message_key(message)

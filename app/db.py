@@ -287,11 +287,15 @@ CommitHook = Callable[[str, list[Envelope]], None]
 class Database:
     """One service's database: its engine, its tables, and how its transactions run."""
 
-    def __init__(self, service: str, engine: Engine, metadata: MetaData, tables: StandardTables) -> None:
+    def __init__(
+        self, service: str, engine: Engine, metadata: MetaData, tables: StandardTables, *, migrated: bool = True
+    ) -> None:
         self.service = service
         self.engine = engine
         self.metadata = metadata
         self.tables = tables
+        #: False: no Alembic line of its own (an extension's tables): created where missing
+        self.migrated = migrated
         self._after_commit: list[CommitHook] = []
         self._schema_lock = threading.Lock()
 
@@ -348,6 +352,10 @@ class Database:
         with self._schema_lock, self.engine.connect() as conn:
             with conn.begin():
                 migrations.lock(conn)
+                if not self.migrated:
+                    self.metadata.create_all(conn, checkfirst=True)
+                    _add_missing_columns(conn, self.metadata)
+                    return
                 found = migrations.state(conn, self.service, self.metadata)
                 if found == migrations.MANAGED:
                     migrations.check_current(conn, self.service, self.metadata)

@@ -104,7 +104,7 @@ class DeadLetterOps:
             self.store.set_status(letter, PURGED)
         if self.rt.settings.broker_kind == "amqp":
             with self.rt.celery.connection_for_write() as conn:
-                for queue in dead_letter_queues():
+                for queue in dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues):
                     queue(conn.default_channel).purge()
         return len(letters)
 
@@ -114,7 +114,7 @@ class DeadLetterOps:
             return {}
         depths = {}
         with self.rt.celery.connection_for_write() as conn:
-            for queue in dead_letter_queues():
+            for queue in dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues):
                 _, count, _ = queue(conn.default_channel).queue_declare(passive=True)
                 depths[queue.name] = count
         return depths
@@ -148,7 +148,11 @@ class DeadLetterOps:
         if self.rt.settings.broker_kind != "amqp":
             return False
         name = dead_letter_queue_name(letter.queue)
-        queue = next(q for q in dead_letter_queues() if q.name == name)
+        queue = next(
+            q
+            for q in dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues)
+            if q.name == name
+        )
         found = False
         held: list[Any] = []
         with self.rt.celery.connection_for_write() as conn:

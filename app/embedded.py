@@ -47,6 +47,8 @@ class EmbeddedWorkers:
         self.rt = rt
         self.workers: list[tuple[_Worker, threading.Thread]] = []
         settings = rt.settings
+        #: a worker per queue: the four services', then each extension's
+        self.queues = settings.queues
         # the jobs that Celery beat and each worker's timer do in multi-process mode
         self.sweepers: list[Every] = [
             outbox_sweeper(rt.relay, SERVICES, settings.outbox_sweep_seconds, settings.outbox_grace_seconds),
@@ -64,7 +66,7 @@ class EmbeddedWorkers:
         app.finalize()
         queues = app.amqp.queues
         try:
-            for service in SERVICES:
+            for service in self.queues:
                 queues.select([service])
                 worker = _Worker(
                     app=app,
@@ -83,7 +85,7 @@ class EmbeddedWorkers:
                 if not worker.ready.wait(timeout):
                     raise RuntimeError(f"embedded worker {worker.hostname} did not start within {timeout}s")
         finally:
-            queues.select(list(SERVICES))
+            queues.select(list(self.queues))
         for sweeper in self.sweepers:
             sweeper.start()
 
@@ -95,7 +97,7 @@ class EmbeddedWorkers:
         quiet_since: float | None = None
         while time.monotonic() < deadline:
             busy = (
-                any(queue.qsize() for name, queue in list(memory.Channel.queues.items()) if name in SERVICES)
+                any(queue.qsize() for name, queue in list(memory.Channel.queues.items()) if name in self.queues)
                 or len(worker_state.reserved_requests)
                 or len(worker_state.active_requests)
                 or len(worker_state.scheduled_requests)

@@ -3,6 +3,9 @@ table of a saga mode), which events each task may emit, and which tasks a task s
 itself (orchestration's canvas). ``python -m app events graph`` prints it as Mermaid;
 :func:`problems` names every event type with no consumer and every failure event with no
 path to a compensation (``python -m app events check``, run by the test suite).
+
+Extensions (:mod:`app.extensions`) join the graph as consumers that emit nothing: they can
+add edges, never take one away.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from app.events import FAILURE_EVENTS, REGISTRY
+from app.extensions import Extension, with_extensions
 from app.saga import CHECKOUT, Saga
 from app.subscriptions import CHOREOGRAPHY, ORCHESTRATION, UNDO_OWN_PART, subscriptions
 
@@ -76,9 +80,18 @@ class Edge:
     kind: str  # "delivered to", "emits", "starts"
 
 
-def edges(mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None = None) -> list[Edge]:
-    """Every edge of the mode's graph (``table``: a subscription table to use instead)."""
-    table = subscriptions(mode) if table is None else table
+def _emits(extensions: Iterable[Extension]) -> dict[str, tuple[str, ...]]:
+    return {**EMITS, **{ext.task: () for ext in extensions}}
+
+
+def edges(
+    mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None = None, extensions: Iterable[Extension] = ()
+) -> list[Edge]:
+    """Every edge of the mode's graph (``table``: a subscription table to use instead), with
+    the ``extensions``' subscriptions."""
+    extensions = tuple(extensions)
+    emits = _emits(extensions)
+    table = with_extensions(subscriptions(mode) if table is None else table, extensions)
     found = [Edge(event, task, "delivered to") for event, tasks in table.items() for task in tasks]
     started = starts(mode)
     found += [Edge(task, target, "starts") for task, targets in started.items() for target in targets]
@@ -87,14 +100,18 @@ def edges(mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None =
         | set(started)
         | {t for ts in started.values() for t in ts}
     )
-    found += [Edge(task, event, "emits") for task in sorted(tasks) for event in EMITS.get(task, ())]
+    found += [Edge(task, event, "emits") for task in sorted(tasks) for event in emits.get(task, ())]
     return found
 
 
-def problems(mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None = None) -> list[str]:
+def problems(
+    mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None = None, extensions: Iterable[Extension] = ()
+) -> list[str]:
     """What is wrong with the graph: an event type nobody consumes, a failure event from
     which no compensation can be reached, a task whose emissions are unknown."""
-    graph = edges(mode, table)
+    extensions = tuple(extensions)
+    emits = _emits(extensions)
+    graph = edges(mode, table, extensions)
     found: list[str] = []
     consumed = {e.source for e in graph if e.kind == "delivered to"}
     for event in sorted(REGISTRY):
@@ -107,7 +124,7 @@ def problems(mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | Non
         if not _reaches(following, event, COMPENSATIONS):
             found.append(f"{event}: a failure event with no path to a compensation ({mode})")
     for task in sorted({e.target for e in graph if e.kind in {"delivered to", "starts"}}):
-        if task not in EMITS and task not in starts(mode):
+        if task not in emits and task not in starts(mode):
             found.append(f"{task}: not in the table of what tasks emit ({mode})")
     return found
 
@@ -125,10 +142,11 @@ def _reaches(following: Mapping[str, list[str]], start: str, ends: frozenset[str
     return False
 
 
-def mermaid(mode: str = ORCHESTRATION) -> str:
+def mermaid(mode: str = ORCHESTRATION, extensions: Iterable[Extension] = ()) -> str:
     """The mode's graph as a Mermaid flowchart: events in rounded boxes, tasks in square
-    ones, failure events and compensations marked."""
-    graph = edges(mode)
+    ones, failure events, compensations and extensions marked."""
+    extensions = tuple(extensions)
+    graph = edges(mode, extensions=extensions)
     ids: dict[str, str] = {}
 
     def node(name: str) -> str:
@@ -147,6 +165,10 @@ def mermaid(mode: str = ORCHESTRATION) -> str:
     undo = [ids[n] for n in sorted(COMPENSATIONS) if n in ids]
     lines.append("    classDef failure stroke:#c00,stroke-width:2px")
     lines.append("    classDef compensation stroke:#06c,stroke-dasharray:4")
+    added = [ids[ext.task] for ext in extensions if ext.task in ids]
+    if added:
+        lines.append("    classDef extension fill:#efe,stroke:#393")
+        lines.append(f"    class {','.join(added)} extension")
     if failures:
         lines.append(f"    class {','.join(failures)} failure")
     if undo:

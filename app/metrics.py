@@ -137,7 +137,7 @@ class SagaCollector(Collector):
         )
         counts = {(service, status.lower()): n for (service, status), n in self.rt.dead_letters.counts().items()}
         statuses = sorted(set(DEAD_LETTER_STATUSES) | {status for _, status in counts})
-        for service in SERVICES:
+        for service in self.rt.settings.queues:
             for status in statuses:
                 letters.add_metric([service, status], counts.get((service, status), 0))
         yield letters
@@ -166,7 +166,8 @@ def queue_depths(rt: Runtime, timeout: float = 2.0) -> dict[str, tuple[int, int]
     every ``<queue>.dlq``. Redis: the queue's list length (over its priority lists);
     RabbitMQ: a passive declare (nothing is created). Raises if the broker does not answer."""
     amqp = rt.settings.broker_kind == "amqp"
-    names = list(SERVICES) + ([dead_letter_queue_name(s) for s in SERVICES] if amqp else [])
+    queues = rt.settings.queues
+    names = list(queues) + ([dead_letter_queue_name(s) for s in queues] if amqp else [])
     depths: dict[str, tuple[int, int]] = {}
     with rt.celery.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)

@@ -21,6 +21,7 @@ from app.canvas import check_canvas_settings
 from app.catalog import CATALOG
 from app.db import Database, make_engine
 from app.deadletters import DeadLetterStore
+from app.extensions import Extension, load_all, with_extensions
 from app import signing, telemetry
 from app.logs import quiet_expected_failures
 from app.saga import CHECKOUT
@@ -57,6 +58,13 @@ class Runtime:
                 self.engines[url] = make_engine(url)
             module = SERVICE_MODULES[service]
             self.databases[service] = Database(service, self.engines[url], module.metadata, module.tables)
+        #: consumers added by CHECKOUT_EXTENSIONS, each with a database of its own tables
+        self.extensions: dict[str, Extension] = load_all(self.settings.extension_targets)
+        for name, ext in self.extensions.items():
+            url = self.settings.database_url_for(name)
+            if url not in self.engines:
+                self.engines[url] = make_engine(url)
+            self.databases[name] = Database(name, self.engines[url], ext.metadata, ext.tables, migrated=ext.migrated)
         self.saga = CHECKOUT
         self.dead_letters = DeadLetterStore(self.databases)
         self.gateway = FakePaymentGateway(self.databases["payment"].engine)
@@ -71,13 +79,13 @@ class Runtime:
         self.payment = PaymentService(self.databases["payment"], self.gateway)
         self.shipping = ShippingService(self.databases["shipping"], self.carrier)
         self.celery = self.make_celery()
-        self.subscriptions = subscriptions(self.settings.saga_mode)
+        self.subscriptions = with_extensions(subscriptions(self.settings.saga_mode), self.extensions.values())
         self.relay = Relay(self.databases, CeleryPublisher(self.celery), self.consumers_of)
         for db in self.databases.values():
             db.after_commit(self.relay.publish)
 
     def consumers_of(self, event_type: str) -> tuple[str, ...]:
-        """The tasks an event is delivered to, in this system's saga mode."""
+        """The tasks an event is delivered to, in this system's saga mode (extensions' too)."""
         return self.subscriptions.get(event_type, ())
 
     def make_celery(self, name: str = "checkout") -> Celery:
@@ -91,8 +99,10 @@ class Runtime:
         register_tasks(app, self)
         return app
 
-    def prepare(self, services: tuple[str, ...] = SERVICES) -> None:
-        """Create the services' tables if missing and seed the catalog and stock."""
+    def prepare(self, services: tuple[str, ...] | None = None) -> None:
+        """Create the services' (and extensions') tables if missing and seed the catalog and
+        stock (all of them by default)."""
+        services = self.settings.queues if services is None else services
         for service in services:
             self.databases[service].create_schema()
         if "order" in services:
@@ -108,7 +118,7 @@ class Runtime:
         them the broker silently drops dead letters)."""
         queues = list(self.celery.amqp.queues.values())
         if self.settings.broker_kind == "amqp":
-            queues += dead_letter_queues(self.settings.rabbitmq_queue_type)
+            queues += dead_letter_queues(self.settings.rabbitmq_queue_type, self.settings.queues)
         with self.celery.connection_for_write() as conn:
             for queue in queues:
                 try:
@@ -138,9 +148,11 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     sweeps its outbox periodically (unless CHECKOUT_WORKER_OUTBOX_SWEEP=false: the relay process
     does), and reopens database connections in each pool child.
     """
-    if service not in SERVICES:
-        raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    rt = Runtime(settings if settings is not None else load_settings())
+    settings = settings if settings is not None else load_settings()
+    if service not in settings.queues:
+        extension = " (an extension: add it to CHECKOUT_EXTENSIONS)" if service not in SERVICES else ""
+        raise ValueError(f"unknown service {service!r}{extension}; choose one of {', '.join(settings.queues)}")
+    rt = Runtime(settings)
     app = rt.celery
     app.amqp.queues.select([service])
     quiet_expected_failures()
@@ -167,7 +179,7 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     @signals.worker_ready.connect(weak=False)
     def _start_sweeper(**_: Any) -> None:
         settings = rt.settings
-        if not settings.worker_outbox_sweep:  # the outbox relay process sweeps instead
+        if not settings.worker_outbox_sweep or service not in SERVICES:  # the relay sweeps; an extension emits none
             return
         sweeper["thread"] = outbox_sweeper(
             rt.relay, (service,), settings.outbox_sweep_seconds, settings.outbox_grace_seconds

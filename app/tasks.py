@@ -51,9 +51,11 @@ from app.commands import (
 )
 from app.db import StepRecord
 from app.errors import OrderNotFound, StepFailed, TransientFailure
+from app.extensions import Extension, NotSubscribed
 from app.services.order import CONTRADICTED, UNCONFIRMED
 from app.events import FAILURE_EVENTS, Envelope, OrderPlaced, UnreadableEvent
 from config.celery import retry_countdown
+from config.settings import SERVICES
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -355,7 +357,7 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
 
         return send_again
 
-    for service in rt.databases:
+    for service in SERVICES:
         define(f"{service}.republish", persistent(Republish, republisher(service)), ignore_result=True)
 
     quiet = {"ignore_result": True}
@@ -483,3 +485,21 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         ),
         **quiet,
     )
+
+    # --- extensions: consumers outside the saga, each on its own queue (app/extensions.py) ---
+    def extension_task(ext: Extension) -> Callable[..., Any]:
+        db = rt.databases[ext.name]
+
+        def run(self: Task, body: Any) -> bool:
+            env = parse(self, Envelope, body)
+            try:
+                return ext.receive(db, env)
+            except NotSubscribed as exc:  # sent by hand, or a replay to the wrong consumer
+                dead_letter(self, body, str(exc), exc)
+            except TRANSIENT as exc:
+                retry_or_dead_letter(self, body, exc, persistent=True, give_up=lambda _reason: None)
+
+        return run
+
+    for ext in rt.extensions.values():
+        define(ext.task, extension_task(ext), **quiet)

@@ -47,15 +47,17 @@ def quorum_arguments(delivery_limit: int | None = None) -> dict[str, Any]:
     return arguments
 
 
-def service_queues(broker_kind: str = "memory", queue_type: str = CLASSIC, delivery_limit: int = 5) -> list[Queue]:
-    """The four service queues. On RabbitMQ each names its dead-letter exchange and route,
+def service_queues(
+    broker_kind: str = "memory", queue_type: str = CLASSIC, delivery_limit: int = 5, names: tuple[str, ...] = SERVICES
+) -> list[Queue]:
+    """The service queues (the four services', and any extension's named in ``names``). On RabbitMQ each names its dead-letter exchange and route,
     and is a classic or a quorum queue (with ``delivery_limit``).
 
     Every process declares them from this one function, so they are always declared with
     the same arguments (RabbitMQ refuses a redeclaration with different ones).
     """
     queues = []
-    for name in SERVICES:
+    for name in names:
         arguments: dict[str, Any] = {}
         if broker_kind == "amqp":
             arguments = {
@@ -68,7 +70,7 @@ def service_queues(broker_kind: str = "memory", queue_type: str = CLASSIC, deliv
     return queues
 
 
-def dead_letter_queues(queue_type: str = CLASSIC) -> list[Queue]:
+def dead_letter_queues(queue_type: str = CLASSIC, names: tuple[str, ...] = SERVICES) -> list[Queue]:
     """RabbitMQ's ``<service>.dlq`` queues. Celery never declares these itself; the project does.
     Quorum (without a delivery limit or a dead-letter exchange of their own) when the service
     queues are."""
@@ -81,7 +83,7 @@ def dead_letter_queues(queue_type: str = CLASSIC) -> list[Queue]:
             durable=True,
             queue_arguments=dict(arguments),
         )
-        for name in SERVICES
+        for name in names
     ]
 
 
@@ -97,9 +99,9 @@ def retry_countdown(settings: Settings, seconds: float) -> float:
     return seconds
 
 
-def task_routes() -> dict[str, dict[str, str]]:
+def task_routes(names: tuple[str, ...] = SERVICES) -> dict[str, dict[str, str]]:
     """Tasks are named ``<service>.<verb>``; the service part picks the queue."""
-    return {f"{name}.*": {"queue": name, "routing_key": f"{name}.task"} for name in SERVICES}
+    return {f"{name}.*": {"queue": name, "routing_key": f"{name}.task"} for name in names}
 
 
 #: The longest wait between two publish attempts while the broker is away.
@@ -133,11 +135,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_queues": service_queues(
-            settings.broker_kind, settings.rabbitmq_queue_type, settings.rabbitmq_delivery_limit
+            settings.broker_kind, settings.rabbitmq_queue_type, settings.rabbitmq_delivery_limit, settings.queues
         ),
         # records malformed messages as dead letters instead of dropping them
         "worker_consumer": "app.consumer:CheckoutConsumer",
-        "task_routes": task_routes(),
+        "task_routes": task_routes(settings.queues),
         "task_default_queue": "order",
         "task_default_exchange": EXCHANGE.name,
         "task_default_exchange_type": EXCHANGE.type,

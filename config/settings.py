@@ -8,6 +8,7 @@ kombu's in-memory broker, an in-process result store and one SQLite file under
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -18,6 +19,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
 
 Service = Literal["order", "inventory", "payment", "shipping"]
+
+#: Consumers that ship with the system and can be added by name (``CHECKOUT_EXTENSIONS``):
+#: name -> ``module:attribute`` of their :class:`app.extensions.Extension`.
+BUILTIN_EXTENSIONS: dict[str, str] = {"analytics": "app.analytics:extension"}
+
+#: An extension's name: its queue, its task prefix (``<name>.handle``) and its tables' prefix.
+EXTENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+EXTENSION_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 #: Settings holding a URL that may carry a password.
 URL_SETTINGS: tuple[str, ...] = (
@@ -194,6 +203,13 @@ class Settings(BaseSettings):
         "away (a restart), before the step is reported failed. Events are not held up: the outbox "
         "keeps them until the broker is back.",
     )
+    extensions: str = Field(
+        "",
+        description="Consumers added to the system, comma-separated; each has its own queue, worker and tables, "
+        "and receives the events it subscribes to. A built-in one by name (analytics: sales by day from "
+        "OrderCompleted/OrderCancelled), or your own as name=package.module:attribute. Replay feeds a new one "
+        "its history.",
+    )
     log_level: str = Field("WARNING", description="Log level of workers started in-process.")
     log_format: Literal["json", "text"] = Field(
         "json",
@@ -251,6 +267,42 @@ class Settings(BaseSettings):
         if text and info.field_name == "flower_user" and ":" in text:
             raise ValueError("no ':' in the user name (basic auth sends user:password)")
         return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _known_extensions(cls, value: str) -> str:
+        seen: set[str] = set()
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, _, target = (part.strip() for part in item.partition("="))
+            if not EXTENSION_NAME.match(name):
+                raise ValueError(f"{name!r} is not an extension name: lower-case letters, digits and _, at most 31")
+            if name in SERVICES:
+                raise ValueError(f"{name!r} is a service of the saga, not an extension")
+            if name in seen:
+                raise ValueError(f"{name!r} is named twice")
+            seen.add(name)
+            if target and not EXTENSION_TARGET.match(target):
+                raise ValueError(f"{name}={target}: give the extension as name=package.module:attribute")
+            if not target and name not in BUILTIN_EXTENSIONS:
+                raise ValueError(
+                    f"no built-in extension {name!r} (built in: {', '.join(BUILTIN_EXTENSIONS)}); "
+                    f"for your own, name=package.module:attribute"
+                )
+        return value
+
+    @property
+    def extension_targets(self) -> dict[str, str]:
+        """Each extension's name and the ``module:attribute`` of its definition."""
+        found: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.extensions.split(","))):
+            name, _, target = (part.strip() for part in item.partition("="))
+            found[name] = target or BUILTIN_EXTENSIONS[name]
+        return found
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every queue of the system: the four services', then each extension's."""
+        return SERVICES + tuple(self.extension_targets)
 
     @model_validator(mode="after")
     def _check_urls(self) -> Settings:
@@ -363,7 +415,7 @@ class Settings(BaseSettings):
         return "amqp"
 
     def database_url_for(self, service: str) -> str:
-        own = getattr(self, f"{service}_database_url")
+        own = getattr(self, f"{service}_database_url", None)  # an extension: the shared database
         if own:
             return str(own)
         if self.database_url:
