@@ -448,6 +448,12 @@ def _service_databases(only: Sequence[str] | None) -> list[tuple[str, str]]:
 
     settings = Settings()
     owners = SERVICES + tuple(name for name in settings.extension_targets if name in BUILTIN_EXTENSIONS)
+    off = [name for name in only or () if name not in owners]
+    if off:
+        raise SystemExit(
+            f"error: {', '.join(off)} is not in CHECKOUT_EXTENSIONS; name it there (CHECKOUT_EXTENSIONS={off[0]}) "
+            "in every process's environment to add it"
+        )
     return [(service, settings.database_url_for(service)) for service in owners if not only or service in only]
 
 

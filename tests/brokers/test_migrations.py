@@ -15,6 +15,9 @@ as an operator runs it.
 * Two ``db upgrade`` at once on one empty database: both succeed, one does the work.
 * A worker's start-up (``create_schema``) refuses a database that is behind, naming
   ``db upgrade``.
+* The analytics extension's tables have a line of their own: ``db upgrade`` builds them (at
+  their head, as the code expects them) only when ``CHECKOUT_EXTENSIONS`` names analytics,
+  on an empty database or on one whose services are already at their heads.
 """
 
 from __future__ import annotations
@@ -264,3 +267,51 @@ def test_a_database_behind_is_refused_at_start_up(pg: tuple[str, Engine]) -> Non
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(orders)).scalar() == 0
     assert "ix_order_orders_created_at" not in {i["name"] for i in inspect(engine).get_indexes("order_orders")}
+
+
+def analytics_tables(engine: Engine) -> set[str]:
+    return {name for name in inspect(engine).get_table_names() if "analytics" in name}
+
+
+@pytest.mark.timeout(180)
+def test_the_analytics_tables_are_migrated_when_the_extension_is_named(pg: tuple[str, Engine]) -> None:
+    expected = set(migrations.service_metadata("analytics").tables) | {"alembic_version_analytics"}
+    assert {"analytics_orders", "analytics_inbox"} <= expected
+    with postgres_database() as other_url:
+        # Named: an empty database gets the services' tables and the extension's.
+        with_ext = app_cli("db", "upgrade", env=cli_env(database_url=other_url, extensions="analytics"))
+        assert with_ext.returncode == 0, with_ext.stderr
+        assert "analytics: empty -> analytics_0001" in with_ext.stdout, with_ext.stdout
+        assert all(f"{s}: empty -> {migrations.head(s)}" in with_ext.stdout for s in SERVICES), with_ext.stdout
+        other = create_engine(other_url)
+        try:
+            assert analytics_tables(other) == expected
+            with other.connect() as conn:
+                assert migrations.current(conn, "analytics") == migrations.head("analytics") == "analytics_0001"
+            assert diffs(other, "analytics") == []
+            assert revisions(other) == heads() and all(diffs(other, s) == [] for s in SERVICES)
+        finally:
+            other.dispose()
+
+    # Not named: no analytics table, no version table.
+    url, engine = pg
+    done = app_cli("db", "upgrade", env=cli_env(database_url=url))
+    assert done.returncode == 0, done.stderr
+    assert "analytics" not in done.stdout, done.stdout
+    assert analytics_tables(engine) == set()
+    assert revisions(engine) == heads()
+    current = app_cli("db", "current", env=cli_env(database_url=url))
+    assert current.returncode == 0 and "analytics" not in current.stdout, current.stdout
+
+    # Named later: only the extension's line runs; the services have nothing to do.
+    before = schema_snapshot(engine)
+    added = app_cli("db", "upgrade", env=cli_env(database_url=url, extensions="analytics"))
+    assert added.returncode == 0, added.stderr
+    assert "analytics: empty -> analytics_0001" in added.stdout, added.stdout
+    assert added.stdout.count("nothing to do") == len(SERVICES), added.stdout
+    assert analytics_tables(engine) == expected
+    assert {k: v for k, v in schema_snapshot(engine).items() if "analytics" not in k} == before
+    assert diffs(engine, "analytics") == []
+    current = app_cli("db", "current", env=cli_env(database_url=url, extensions="analytics"))
+    assert current.returncode == 0 and current.stdout.count(" yes ") == len(SERVICES) + 1, current.stdout
+    assert "analytics_0001" in current.stdout, current.stdout
