@@ -35,10 +35,12 @@ bench: $(STAMP)  ## measure sagas/sec against a raw-Celery baseline (writes benc
 worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
 	$(BIN)/celery -A workers.$* worker -Q $* -n $*@%h --loglevel=INFO
 
-# `make up` runs these processes of the Procfile: every service worker, beat and the outbox
-# relay; Flower too once CHECKOUT_FLOWER_USER and CHECKOUT_FLOWER_PASSWORD are set; the
-# metrics exporter with METRICS=1.
-UP_PROCESSES = order inventory payment shipping beat relay \
+# `make up` runs these processes of the Procfile: every service worker, the sales analytics
+# worker while CHECKOUT_EXTENSIONS names analytics, beat and the outbox relay; Flower too once
+# CHECKOUT_FLOWER_USER and CHECKOUT_FLOWER_PASSWORD are set; the metrics exporter with METRICS=1.
+comma := ,
+UP_PROCESSES = order inventory payment shipping \
+	$(if $(filter analytics,$(subst =, ,$(subst $(comma), ,$(CHECKOUT_EXTENSIONS)))),analytics) beat relay \
 	$(if $(and $(CHECKOUT_FLOWER_USER),$(CHECKOUT_FLOWER_PASSWORD)),flower) $(if $(filter 1 yes true,$(METRICS)),metrics)
 
 up: $(STAMP)  ## run every worker, beat and the relay as separate processes (needs CHECKOUT_BROKER_URL, _DATABASE_URL)

@@ -81,7 +81,6 @@ extension = Extension(
     tables,
     {"OrderCompleted": on_completed, "OrderCancelled": on_cancelled},
     migrated=True,
-    description="sales by day: orders completed and their revenue, orders cancelled and why",
 )
 
 
@@ -98,6 +97,16 @@ class DaySales:
     @property
     def ended(self) -> int:
         return self.completed + self.cancelled
+
+    def as_json(self) -> dict[str, object]:
+        """As ``python -m app analytics --json`` prints it (amounts in minor units)."""
+        return {
+            "day": self.day,
+            "completed": self.completed,
+            "cancelled": self.cancelled,
+            "revenue_cents": dict(sorted(self.revenue_cents.items())),
+            "cancelled_by_reason": dict(sorted(self.reasons.items())),
+        }
 
 
 def sales_by_day(db: Database, since: date | None = None) -> list[DaySales]:

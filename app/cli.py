@@ -758,17 +758,7 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     finally:
         rt.close()
     if args.json:
-        rows = [
-            {
-                "day": d.day,
-                "completed": d.completed,
-                "cancelled": d.cancelled,
-                "revenue_cents": dict(sorted(d.revenue_cents.items())),
-                "cancelled_by_reason": dict(sorted(d.reasons.items())),
-            }
-            for d in days
-        ]
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([d.as_json() for d in days], indent=2))
         return 0
     if not days:
         print("no order has ended yet" + (f" in the last {args.days} day(s)" if args.days else ""))

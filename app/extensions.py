@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import MetaData
 
@@ -69,7 +69,6 @@ class Extension:
     tables: StandardTables
     handlers: Mapping[str, Handler]
     migrated: bool = False
-    description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.handlers) - set(REGISTRY))

@@ -122,16 +122,7 @@ def end_events(rt: Runtime, order_ids: list[str]) -> dict[str, Envelope]:
 
 def as_json(days: list[DaySales]) -> list[dict[str, Any]]:
     """Sales as ``python -m app analytics --json`` prints them."""
-    return [
-        {
-            "day": d.day,
-            "completed": d.completed,
-            "cancelled": d.cancelled,
-            "revenue_cents": dict(sorted(d.revenue_cents.items())),
-            "cancelled_by_reason": dict(sorted(d.reasons.items())),
-        }
-        for d in days
-    ]
+    return [d.as_json() for d in days]
 
 
 def expected_rows(rt: Runtime, order_ids: list[str]) -> dict[str, tuple[Any, ...]]:

@@ -1,15 +1,18 @@
-"""``make up`` as an operator runs it, on Redis and PostgreSQL: the four workers, beat and the
-outbox relay as separate processes under honcho, orders placed, then Ctrl-C.
+"""``make up`` as an operator runs it, on Redis and PostgreSQL: the four workers, the sales
+analytics extension's worker, beat and the outbox relay as separate processes under honcho,
+orders placed, then Ctrl-C.
 
 ``make up`` itself is run (not the honcho command it wraps), in its own process group as a
-terminal's foreground job would be, against this test's Redis key prefix and database. The
-test waits until every worker and beat answer a ping, places orders — one of them while the
-broker is unreachable from the placing process, so that only the relay process can send its
-``OrderPlaced`` (the workers leave their outboxes to it) — and waits until all of them are
-terminal. Every line of output must carry its process's name; beat's sweep must reach the
-order worker; the relay must say what it sent. Then SIGINT goes to the whole group, as
-Ctrl-C does: every process must stop on its own (exit 0, no SIGKILL) within the timeout,
-and no process of the run may be left anywhere on the machine.
+terminal's foreground job would be, against this test's Redis key prefix and database, with
+CHECKOUT_EXTENSIONS=analytics, so ``make up`` also starts the sales analytics worker. The test waits until every worker and beat answer a ping,
+places orders — one of them while the broker is unreachable from the placing process, so
+that only the relay process can send its ``OrderPlaced`` (the workers leave their outboxes
+to it) — and waits until all of them are terminal and analytics has recorded how each
+ended. Every line of output must carry its process's name; beat's sweep must reach the
+order worker; the relay must say what it sent; every process must have
+CHECKOUT_EXTENSIONS=analytics. Then SIGINT goes to the whole group, as Ctrl-C does: every
+process must stop on its own (exit 0, no SIGKILL) within the timeout, and no process of the
+run may be left anywhere on the machine.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from app.analytics import CANCELLED, COMPLETED, ended, sales_by_day
 from app.api import System, validate_order
 from app.runtime import Runtime
 from config.settings import SERVICES, Settings
@@ -34,7 +40,8 @@ from tests.conftest import wait_until
 from tests.support.cluster import BrokerNamespace, live_group_members
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = (*SERVICES, "beat", "relay")
+PROCESSES = (*SERVICES, "analytics", "beat", "relay")
+WORKERS = (*SERVICES, "analytics")
 TERMINAL = {"COMPLETED", "CANCELLED", "NEEDS_ATTENTION"}
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
@@ -47,8 +54,20 @@ STOPPED = re.compile(r"(?P<name>[A-Za-z0-9_-]+)\.\d+ stopped \(rc=(?P<rc>-?\d+)\
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    """Quick rounds, so that the relay and beat show their work within the test."""
-    return {"outbox_sweep_seconds": 0.5, "outbox_grace_seconds": 0.5, "sweep_interval_seconds": 1.0}
+    """Quick rounds, so that the relay and beat show their work within the test; sales
+    analytics on, in every process."""
+    return {
+        "outbox_sweep_seconds": 0.5,
+        "outbox_grace_seconds": 0.5,
+        "sweep_interval_seconds": 1.0,
+        "extensions": "analytics",
+    }
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """A live process's environment, from /proc."""
+    items = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in items if item)
 
 
 def carrying(marker: str) -> list[int]:
@@ -126,14 +145,22 @@ def place_with_the_broker_away(settings: Settings, customer: str) -> str:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_make_up_runs_every_process_with_prefixed_logs_and_stops_them_all_on_ctrl_c(
-    broker: BrokerNamespace, system: System, settings: Settings, process_env: dict[str, str], tmp_path: Path
+    broker: BrokerNamespace,
+    system: System,
+    settings: Settings,
+    process_env: dict[str, str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     env = {k: v for k, v in process_env.items() if not k.startswith(("MAKE", "MFLAGS")) and k != "METRICS"}
     marker = f"CHECKOUT_NAMESPACE={broker.namespace}"
     assert env.get("CHECKOUT_NAMESPACE") == broker.namespace and not carrying(marker)
+    assert env.get("CHECKOUT_EXTENSIONS") == "analytics"
     log_path = tmp_path / "up.log"
     host = socket.gethostname()
-    nodes = {f"{service}@{host}" for service in SERVICES} | {f"beat@{host}"}
+    nodes = {f"{worker}@{host}" for worker in WORKERS} | {f"beat@{host}"}
+    # The analytics extension's tables, as `python -m app analytics` reads them.
+    analytics = system.runtime.databases["analytics"]
 
     with make_up(env, log_path, marker) as proc:
 
@@ -172,6 +199,29 @@ def test_make_up_runs_every_process_with_prefixed_logs_and_stops_them_all_on_ctr
         outcomes = wait_until(finished, timeout=90, interval=0.1, what="every order to finish", diagnostics=tail)
         assert outcomes == expected
 
+        # Sales analytics recorded how each order ended, from the events delivered to its worker.
+        ids = list(expected)
+
+        def recorded() -> dict[str, tuple[str, str | None, int | None]] | None:
+            if proc.poll() is not None:
+                pytest.fail(f"make up exited with {proc.returncode}\n{tail()}", pytrace=False)
+            query = select(ended.c.order_id, ended.c.outcome, ended.c.reason, ended.c.total_cents)
+            rows = analytics.query(lambda c: c.execute(query.where(ended.c.order_id.in_(ids))).all())
+            return {r.order_id: (r.outcome, r.reason, r.total_cents) for r in rows} if len(rows) == len(ids) else None
+
+        views = {oid: system.runtime.order.view(oid) for oid in ids}
+        want = {
+            oid: (COMPLETED, None, views[oid].total_cents) if status == "COMPLETED" else (CANCELLED, reason, None)
+            for oid, (status, reason) in expected.items()
+        }
+        got = wait_until(recorded, timeout=30, interval=0.1, what="analytics to record every order", diagnostics=tail)
+        assert got == want
+        days = sales_by_day(analytics)
+        assert sum(d.completed for d in days) == 3 and sum(d.cancelled for d in days) == 1, days
+        revenue = sum((d.revenue_cents for d in days), Counter[str]())
+        completed = [v for v in views.values() if v.status == "COMPLETED"]
+        assert revenue == Counter({completed[0].currency: sum(v.total_cents for v in completed)}), days
+
         def shown(name: str, text: str) -> bool:
             return any(m["name"] == name and text in m["text"] for m in map(PREFIXED.match, output().splitlines()) if m)
 
@@ -190,9 +240,19 @@ def test_make_up_runs_every_process_with_prefixed_logs_and_stops_them_all_on_ctr
             diagnostics=tail,
         )
 
+        wait_until(
+            lambda: shown("analytics", "Task analytics.handle["),
+            timeout=10,
+            what="the analytics worker to log the events it handled",
+            diagnostics=tail,
+        )
+
         started = {m["name"]: int(m["pid"]) for m in STARTED.finditer(output())}
         assert set(started) == set(PROCESSES), started
         assert all(live_group_members(pid) for pid in started.values()), "a process group is gone before Ctrl-C"
+        # Every process sends what it commits to the extensions it knows of: each must know analytics.
+        extensions = {name: environ_of(pid).get("CHECKOUT_EXTENSIONS") for name, pid in started.items()}
+        assert extensions == dict.fromkeys(PROCESSES, "analytics"), extensions
 
         # Ctrl-C: SIGINT to the foreground process group (make, honcho).
         os.killpg(proc.pid, signal.SIGINT)

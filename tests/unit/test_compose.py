@@ -2,30 +2,35 @@
 
 No Docker engine runs where the tests do, so the files are checked for what would make a
 deployment fail at start or run wrong: each must parse; every command (and every
-healthcheck) must name a worker module whose Celery app exists, service queues, a real
-``celery`` option and a real ``python -m app`` subcommand; every CHECKOUT_* variable set
-must be a setting, and the values must pass the settings' own validation; every service
-queue must have exactly one worker, and beat, the outbox relay and Flower must be there;
-every service needs a healthcheck; every interpolated variable must come from
-.env.example, and no password may be written in the files. Failures name the service and
-the variable or argument at fault.
+healthcheck) must name a worker module whose Celery app exists, queues of the system, a
+real ``celery`` option and a real ``python -m app`` subcommand; every CHECKOUT_* variable
+set must be a setting, and the values must pass the settings' own validation; every process
+must name the same extensions (CHECKOUT_EXTENSIONS), and every queue of the settings the
+files give — the services', then each extension's — must have exactly one worker; beat, the
+outbox relay and Flower must be there; every service needs a healthcheck; every
+interpolated variable must come from .env.example, and no password may be written in the
+files. Failures name the service and the variable or argument at fault.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
+import json
 import os
 import re
 import secrets
 import shlex
 import subprocess
+import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -34,7 +39,6 @@ from honcho.environ import parse_procfile
 from pydantic import ValidationError
 
 from app.cli import build_parser
-from config.celery import service_queues
 from config.settings import SERVICES, Settings, variables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +47,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 PROCFILE = ROOT / "Procfile"
 
 SETTINGS_VARIABLES = {env for env, _, _ in variables()}
-QUEUES = {queue.name for queue in service_queues()}
 #: The keys of the compose specification this file may use (compose refuses unknown ones).
 SERVICE_KEYS = {
     "build", "image", "command", "entrypoint", "environment", "env_file", "healthcheck", "depends_on", "ports",
@@ -71,7 +74,8 @@ class Unresolved(Exception):
 @pytest.fixture(autouse=True)
 def scratch_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing a worker module builds its runtime (it connects to nothing): give it default
-    settings over a scratch directory, whatever this shell's CHECKOUT_* variables say."""
+    settings over a scratch directory, whatever this shell's CHECKOUT_* variables say — but
+    for CHECKOUT_EXTENSIONS, which each command is read with as its own process has it."""
     for key in [k for k in os.environ if k.startswith("CHECKOUT_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("CHECKOUT_DATA_DIR", str(tmp_path))
@@ -216,9 +220,11 @@ def strip_shell(tokens: list[str]) -> tuple[dict[str, str], list[str]]:
     return assigned, tokens
 
 
-def celery_command(tokens: list[str]) -> dict[str, Any]:
+def celery_command(tokens: list[str], extensions: str = "") -> dict[str, Any]:
     """Parse ``celery -A MODULE SUBCOMMAND ...`` with Celery's own command line (nothing runs):
-    the module must import and hold a Celery app, and every option must exist."""
+    the module must import and hold a Celery app, and every option must exist. The module is
+    imported with ``CHECKOUT_EXTENSIONS=extensions``, as its process has it: an extension's
+    worker module refuses to load unless the extension is named there."""
     from celery.bin.base import CLIContext
     from celery.bin.celery import celery as celery_cli
 
@@ -226,8 +232,9 @@ def celery_command(tokens: list[str]) -> dict[str, Any]:
         raise AssertionError("no -A MODULE")
     module_name = tokens[tokens.index("-A" if "-A" in tokens else "--app") + 1]
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
+        with mock.patch.dict(os.environ, {"CHECKOUT_EXTENSIONS": extensions}):
+            module = importlib.import_module(module_name)
+    except (ImportError, ValueError, SystemExit) as exc:
         raise AssertionError(f"-A {module_name}: cannot import it ({exc})") from None
     app = getattr(module, "app", None)
     if not isinstance(app, Celery):
@@ -272,13 +279,14 @@ def python_command(tokens: list[str]) -> dict[str, Any]:
     return {"module": module_name}
 
 
-def meaning(tokens: list[str]) -> dict[str, Any]:
-    """What a project command runs; AssertionError saying what is wrong with it."""
+def meaning(tokens: list[str], extensions: str = "") -> dict[str, Any]:
+    """What a project command runs, in a process whose CHECKOUT_EXTENSIONS is ``extensions``;
+    AssertionError saying what is wrong with it."""
     if not tokens:
         raise AssertionError("empty command")
     program, rest = Path(tokens[0]).name, tokens[1:]
     if program == "celery":
-        return {"program": "celery", **celery_command(rest)}
+        return {"program": "celery", **celery_command(rest, extensions)}
     if program in {"python", "python3"}:
         return {"program": "python", **python_command(rest)}
     raise AssertionError(f"{tokens[0]}: not celery or python, so not a process of this project")
@@ -300,18 +308,60 @@ def worker_queues(found: dict[str, Any]) -> list[str]:
     return queues
 
 
+def settings_of(environment: Mapping[str, Any], where: str) -> Settings:
+    """The settings a process with ``environment`` reads (AssertionError naming ``where``
+    when they refuse it)."""
+    fields = {k.removeprefix("CHECKOUT_").lower(): str(v) for k, v in environment.items() if k.startswith("CHECKOUT_")}
+    try:
+        return Settings(**fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise AssertionError(f"{where}: the settings refuse its environment: {exc}") from None
+
+
+def system_queues(settings: Mapping[str, Settings]) -> list[str]:
+    """Every queue the processes' settings name (Settings.queues): the services', then each
+    extension's."""
+    return list(dict.fromkeys(q for s in settings.values() for q in s.queues))
+
+
+def extension_problems(settings: Mapping[str, Settings], where: str) -> list[str]:
+    """Processes that name other extensions than the rest: each process sends the events it
+    commits only to the extensions it knows of, so one without an extension starves it."""
+    named = Counter(s.extensions for s in settings.values())
+    if len(named) < 2:
+        return []
+    usual = named.most_common(1)[0][0]
+    return [
+        f"{where} {name}: CHECKOUT_EXTENSIONS={s.extensions!r}, the others {usual!r} (every process needs the same)"
+        for name, s in settings.items()
+        if s.extensions != usual
+    ]
+
+
 # --- docker-compose.yml ------------------------------------------------------------------
+
+
+def service_settings(data: dict[str, Any], given: Mapping[str, str] | None = None) -> dict[str, Settings]:
+    """Service -> the settings its process reads, from its environment as compose resolves it
+    with ``given`` (.env.example followed, by default); AssertionError naming the service
+    they refuse."""
+    resolved = resolve(data, filled_env() if given is None else given)
+    return {
+        name: settings_of(svc.get("environment") or {}, f"service {name}")
+        for name, svc in project_services(resolved).items()
+    }
 
 
 def commands(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Service -> what its command runs, for every project service (AssertionError naming
     the service when one does not make sense)."""
+    settings = service_settings(data)
     found = {}
     for name, svc in project_services(data).items():
         if "command" not in svc:
             raise AssertionError(f"service {name}: no command (the image's default only prints --help)")
         try:
-            found[name] = meaning(argv(svc["command"]))
+            found[name] = meaning(argv(svc["command"]), settings[name].extensions)
         except AssertionError as exc:
             raise AssertionError(f"service {name}: command: {exc}") from None
     return found
@@ -333,37 +383,115 @@ def test_the_compose_file_parses_with_the_services_of_the_design() -> None:
         assert svc.get("restart") == "unless-stopped", f"service {name}: restart is {svc.get('restart')!r}"
 
 
-def test_every_command_names_a_real_module_queue_and_subcommand() -> None:
-    data = compose()
+def command_problems(data: dict[str, Any]) -> list[str]:
+    """What is wrong with each service's command and healthcheck; a worker's queues must be
+    queues of its own process's settings."""
+    settings = service_settings(data)
     problems = []
     for name, svc in project_services(data).items():
+        own = settings[name]
         for what, tokens in (("command", argv(svc.get("command", []))), ("healthcheck", healthcheck_argv(svc)[1])):
             if what == "healthcheck" and not tokens:
                 continue  # test_every_service_has_a_healthcheck_that_checks_that_service says so
             try:
-                found = meaning(tokens)
+                found = meaning(tokens, own.extensions)
             except AssertionError as exc:
                 problems.append(f"service {name}: {what}: {exc}")
                 continue
             if found["program"] == "celery" and found["subcommand"] == "worker":
-                wrong = [q for q in worker_queues(found) if q not in QUEUES]
+                wrong = [q for q in worker_queues(found) if q not in own.queues]
                 if wrong or not worker_queues(found):
-                    problems.append(f"service {name}: -Q {wrong or 'missing'}: the service queues are {sorted(QUEUES)}")
-    assert not problems, "\n".join(problems)
+                    problems.append(
+                        f"service {name}: -Q {wrong or 'missing'}: its queues are {list(own.queues)} "
+                        f"(the services', then those of CHECKOUT_EXTENSIONS={own.extensions!r})"
+                    )
+    return problems
 
 
-def test_every_service_queue_has_exactly_one_worker_service() -> None:
-    found = commands(compose())
+def worker_problems(data: dict[str, Any]) -> list[str]:
+    """Queues of the system without exactly one worker service, and worker services that
+    consume more than one queue or are not named after theirs."""
+    found = commands(data)
+    expected = system_queues(service_settings(data))
     workers = {name: worker_queues(f) for name, f in found.items() if role(f) == "worker"}
     per_queue = Counter(q for queues in workers.values() for q in queues)
-    problems = [f"queue {q}: {per_queue[q]} worker services (want exactly 1)" for q in SERVICES if per_queue[q] != 1]
+    problems = [
+        f"queue {q}: {per_queue[q]} worker services (want exactly 1"
+        + ("" if q in SERVICES else f": CHECKOUT_EXTENSIONS names the extension {q}")
+        + ")"
+        for q in expected
+        if per_queue[q] != 1
+    ]
     for name, queues in workers.items():
         if len(queues) != 1:
             problems.append(f"service {name}: consumes {queues}; one queue per worker service, so each scales alone")
         node = found[name]["params"].get("hostname") or ""
         if queues and not node.startswith(f"{queues[0]}@"):
             problems.append(f"service {name}: -n {node!r} should be {queues[0]}@%h (the healthcheck asks for it)")
+    return problems
+
+
+def test_every_command_names_a_real_module_queue_and_subcommand() -> None:
+    problems = command_problems(compose())
     assert not problems, "\n".join(problems)
+
+
+def test_every_service_queue_has_exactly_one_worker_service() -> None:
+    problems = worker_problems(compose())
+    assert not problems, "\n".join(problems)
+
+
+def mismatched_extensions(data: dict[str, Any], given: Mapping[str, str] | None = None) -> list[str]:
+    return extension_problems(service_settings(data, given), "service")
+
+
+@pytest.mark.parametrize("given", ["the .env.example values", "passwords only"])
+def test_every_service_names_the_same_extensions_sales_analytics_among_them(given: str) -> None:
+    env = filled_env() if given == "the .env.example values" else passwords_only()
+    problems = mismatched_extensions(compose(), env)
+    for name, s in service_settings(compose(), env).items():
+        if "analytics" not in s.extension_targets:
+            problems.append(f"service {name}: CHECKOUT_EXTENSIONS={s.extensions!r} does not name analytics")
+    assert not problems, "\n".join(problems)
+
+
+def drop_extensions(data: dict[str, Any]) -> None:
+    for svc in project_services(data).values():
+        (svc.get("environment") or {}).pop("CHECKOUT_EXTENSIONS", None)
+
+
+def drop_analytics_worker(data: dict[str, Any]) -> None:
+    del data["services"]["analytics"]
+
+
+def add_worker_for_an_unknown_queue(data: dict[str, Any]) -> None:
+    reports = copy.deepcopy(data["services"]["analytics"])
+    reports["command"] = [{"analytics": "reports", "analytics@%h": "reports@%h"}.get(a, a) for a in reports["command"]]
+    data["services"]["reports"] = reports
+
+
+def drop_the_relays_extensions(data: dict[str, Any]) -> None:
+    data["services"]["relay"]["environment"]["CHECKOUT_EXTENSIONS"] = ""
+
+
+@pytest.mark.parametrize(
+    ("change", "check", "expected"),
+    [
+        (drop_extensions, command_problems, "service analytics: "),
+        (drop_analytics_worker, worker_problems, "queue analytics: 0 worker services"),
+        (add_worker_for_an_unknown_queue, command_problems, "service reports: -Q ['reports']"),
+        (drop_the_relays_extensions, mismatched_extensions, "service relay: CHECKOUT_EXTENSIONS=''"),
+    ],
+    ids=["no CHECKOUT_EXTENSIONS", "no analytics worker", "a worker for an unknown queue", "a relay without it"],
+)
+def test_the_queue_checks_follow_the_extensions_the_environment_names(
+    change: Callable[[dict[str, Any]], None], check: Callable[[dict[str, Any]], list[str]], expected: str
+) -> None:
+    assert not check(compose())
+    data = compose()
+    change(data)
+    problems = check(data)
+    assert any(p.startswith(expected) for p in problems), problems
 
 
 def test_beat_the_relay_flower_and_the_metrics_exporter_run_once_each() -> None:
@@ -484,29 +612,72 @@ def test_the_env_example_as_it_is_is_refused_until_the_passwords_are_set() -> No
 # --- Procfile and make up ----------------------------------------------------------------
 
 
-def procfile() -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
-    """Process name -> (variables it sets, what it runs)."""
+def procfile(environment: Mapping[str, str]) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
+    """Process name -> (variables it sets, what it runs), each process started with
+    ``environment`` (what `make up` gives honcho: :func:`up_environment`)."""
     found = {}
     for name, line in parse_procfile(PROCFILE.read_text()).processes.items():
         assigned, tokens = strip_shell(shlex.split(line))
         try:
-            found[name] = (assigned, meaning(tokens))
+            found[name] = (assigned, meaning(tokens, ({**environment, **assigned}).get("CHECKOUT_EXTENSIONS", "")))
         except AssertionError as exc:
             raise AssertionError(f"Procfile {name}: {exc}") from None
     return found
 
 
-def test_the_procfile_runs_one_worker_per_queue_beat_and_the_relay() -> None:
-    processes = procfile()
+SERVERS = {"CHECKOUT_BROKER_URL": "redis://127.0.0.1:6379/0", "CHECKOUT_DATABASE_URL": "sqlite:///x.db"}
+ANALYTICS = {"CHECKOUT_EXTENSIONS": "analytics"}
+
+#: Stands in for /bin/sh under `make up`: records each recipe line and its environment, runs none.
+RECORDING_SHELL = """#!{python}
+import json, os, sys
+with open(os.environ["UP_RECIPE_LOG"], "a") as log:
+    log.write(json.dumps({{"line": sys.argv[-1], "environ": dict(os.environ)}}) + "\\n")
+"""
+
+
+def up_environment(env: dict[str, str], scratch: Path) -> dict[str, str]:
+    """The environment `make up` starts honcho with, and so every process of the Procfile
+    (honcho reads no .env: --env /dev/null): make runs the recipe through a shell that
+    records each line's environment and runs nothing."""
+    shell, log = scratch / "recording-sh", scratch / "recipe.jsonl"
+    shell.write_text(RECORDING_SHELL.format(python=sys.executable))
+    shell.chmod(0o755)
+    log.unlink(missing_ok=True)
+    done = make("up", env | {"UP_RECIPE_LOG": str(log)}, f"SHELL={shell}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    (environ,) = [line["environ"] for line in lines if "honcho start" in line["line"]]
+    return {k: v for k, v in environ.items() if k != "UP_RECIPE_LOG"}
+
+
+def up_settings(environment: Mapping[str, str]) -> dict[str, Settings]:
+    """Procfile process -> the settings it reads when honcho starts it with ``environment``
+    (and the variables its line sets)."""
+    settings = {}
+    for name, line in parse_procfile(PROCFILE.read_text()).processes.items():
+        assigned, _ = strip_shell(shlex.split(line))
+        settings[name] = settings_of({**environment, **assigned}, f"Procfile {name}")
+    return settings
+
+
+@pytest.mark.timeout(120)
+def test_the_procfile_runs_one_worker_per_queue_beat_and_the_relay(tmp_path: Path) -> None:
+    environment = up_environment(SERVERS | ANALYTICS, tmp_path)
+    processes = procfile(environment)
+    queues = system_queues(up_settings(environment))
     problems = []
     workers = {n: worker_queues(f) for n, (_, f) in processes.items() if role(f) == "worker"}
-    for name, queues in workers.items():
-        if queues != [name]:
-            problems.append(f"Procfile {name}: consumes {queues}; name each worker after its one queue")
+    for name, queues_of in workers.items():
+        if queues_of != [name]:
+            problems.append(f"Procfile {name}: consumes {queues_of}; name each worker after its one queue")
         if processes[name][0].get("CHECKOUT_WORKER_OUTBOX_SWEEP") != "false":
             problems.append(f"Procfile {name}: set CHECKOUT_WORKER_OUTBOX_SWEEP=false (the relay sweeps)")
-    if sorted(q for queues in workers.values() for q in queues) != sorted(SERVICES):
-        problems.append(f"Procfile workers consume {workers}; want one per queue of {list(SERVICES)}")
+    if sorted(q for queues_of in workers.values() for q in queues_of) != sorted(queues):
+        problems.append(
+            f"Procfile workers consume {workers}; want one per queue of {queues} (the services', then those "
+            "of the CHECKOUT_EXTENSIONS `make up` gives)"
+        )
     roles = Counter(role(f) for _, f in processes.values())
     for wanted in ("beat", "relay", "app.flower", "metrics"):
         if roles[wanted] != 1:
@@ -538,15 +709,46 @@ def up_processes(env: dict[str, str]) -> list[str]:
     return shlex.split(line)[shlex.split(line).index("Procfile") + 1 :]
 
 
-def test_make_up_starts_the_workers_beat_and_relay_and_flower_or_metrics_when_asked() -> None:
-    servers = {"CHECKOUT_BROKER_URL": "redis://127.0.0.1:6379/0", "CHECKOUT_DATABASE_URL": "sqlite:///x.db"}
-    assert set(procfile()) >= {"flower", "metrics"}
-    core = [*SERVICES, "beat", "relay"]
+@pytest.mark.timeout(120)
+def test_make_up_starts_the_workers_beat_and_relay_and_flower_or_metrics_when_asked(tmp_path: Path) -> None:
+    servers = SERVERS | ANALYTICS
+    environment = up_environment(servers, tmp_path)
+    assert set(procfile(environment)) >= {"flower", "metrics"}
+    queues = system_queues(up_settings(environment))
+    assert "analytics" in queues, f"make up runs the queues {queues}, without sales analytics (CHECKOUT_EXTENSIONS)"
+    core = [*queues, "beat", "relay"]
     assert up_processes(servers) == core
+    # The analytics worker runs while CHECKOUT_EXTENSIONS names analytics, and only then.
+    assert up_processes(SERVERS) == [*SERVICES, "beat", "relay"]
+    assert up_processes(SERVERS | {"CHECKOUT_EXTENSIONS": "notifications=pkg.mod:ext"}) == [*SERVICES, "beat", "relay"]
+    assert up_processes(SERVERS | {"CHECKOUT_EXTENSIONS": "notifications=pkg.mod:ext, analytics"}) == core
     flower = {"CHECKOUT_FLOWER_USER": "ops", "CHECKOUT_FLOWER_PASSWORD": secrets.token_hex(8)}
     assert up_processes(servers | flower) == [*core, "flower"]
     assert up_processes(servers | {"CHECKOUT_FLOWER_USER": "ops"}) == core  # no password, no Flower
     assert up_processes(servers | {"METRICS": "1"}) == [*core, "metrics"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("shell", "expected"),
+    [
+        ({}, ""),
+        ({"CHECKOUT_EXTENSIONS": "analytics"}, "analytics"),
+        ({"CHECKOUT_EXTENSIONS": "analytics,n=p.m:e"}, "analytics,n=p.m:e"),
+    ],
+    ids=["by default: none", "analytics", "the shell's"],
+)
+def test_every_process_of_make_up_sees_the_same_extensions(
+    shell: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    settings = up_settings(up_environment(SERVERS | shell, tmp_path))
+    problems = extension_problems(settings, "Procfile")
+    problems += [
+        f"Procfile {name}: CHECKOUT_EXTENSIONS={s.extensions!r}, want {expected!r}"
+        for name, s in settings.items()
+        if s.extensions != expected
+    ]
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.timeout(120)
