@@ -50,8 +50,9 @@ def quorum_arguments(delivery_limit: int | None = None) -> dict[str, Any]:
 def service_queues(
     broker_kind: str = "memory", queue_type: str = CLASSIC, delivery_limit: int = 5, names: tuple[str, ...] = SERVICES
 ) -> list[Queue]:
-    """The service queues (the four services', and any extension's named in ``names``). On RabbitMQ each names its dead-letter exchange and route,
-    and is a classic or a quorum queue (with ``delivery_limit``).
+    """The queues of ``names``: the four services' (and each extension's, when named). On
+    RabbitMQ each names its dead-letter exchange and route, and is a classic or a quorum
+    queue (with ``delivery_limit``).
 
     Every process declares them from this one function, so they are always declared with
     the same arguments (RabbitMQ refuses a redeclaration with different ones).
