@@ -9,7 +9,9 @@ and maps outcomes to Celery:
   out the step is recorded as failed, the message becomes a dead letter and is rejected
   (RabbitMQ routes it to ``<queue>.dlq``); Celery still fires the canvas's error callback;
 * malformed message (fails its schema) — a dead letter at once, never retried;
-* anything else is a bug: not retried, logged by Celery.
+* anything else is a bug: not retried; logged, and kept as a dead letter with its error
+  (``unexpected error: ...``), to be redriven once the bug is fixed. Celery would otherwise
+  acknowledge the message and keep nothing.
 
 Task names are ``<service>.<verb>``; ``config.celery.task_routes`` sends each to its
 service's queue. Each task takes exactly one positional argument.
@@ -17,6 +19,8 @@ service's queue. Each task takes exactly one positional argument.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import random
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery, Task
 from celery.app.task import X_DEATH_HEADERS
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -211,7 +215,19 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
         return message
 
     def define(name: str, fn: Callable[..., Any], **options: Any) -> None:
-        app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(fn)
+        def guarded(self: Task, *args: Any) -> Any:  # (body,) — the sweep takes none
+            try:
+                return fn(self, *args)
+            except (StepFailed, Retry, Reject, Ignore):  # a business failure; Celery's own control flow
+                raise
+            except Exception as exc:  # a bug: keep the message where an operator sees it and can redrive it
+                log.exception("%s[%s] failed unexpectedly", self.name, self.request.id)
+                body = args[0] if args else None
+                dead_letter(self, body, f"unexpected error: {type(exc).__name__}: {exc}"[:255], exc)
+
+        functools.update_wrapper(guarded, fn)
+        guarded.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]  # Celery checks arguments by it
+        app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(guarded)
 
     # --- forward steps -------------------------------------------------------------
     def run_step(

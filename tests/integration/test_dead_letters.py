@@ -52,7 +52,9 @@ def test_exhausted_step_is_dead_lettered_and_the_saga_compensates(api: System, s
     order_id = app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token="tok_down")
     view = app.wait_for_order(order_id, timeout=60)
     assert (view.status, view.reason) == ("CANCELLED", "payment_unavailable")
-    (letter,) = DeadLetterOps(api.runtime).letters()
+    # (in choreography the order may be cancelled, on the failure event, before the step
+    # that gave up has finished keeping its message)
+    (letter,) = wait_until(lambda: DeadLetterOps(api.runtime).letters(), timeout=10, what="the dead letter")
     assert (letter.queue, letter.task, letter.order_id) == ("payment", AUTHORIZE[saga_mode], order_id)
     assert "payment_unavailable" in letter.reason
     assert letter.attempts == api.runtime.settings.retry_max + 1
@@ -109,6 +111,29 @@ def test_redrive_one_letter_resets_its_retries(quick: System, outage: pytest.Mon
     wait_until(lambda: rt.inventory.levels()["TEE-01"].committed == 2, timeout=30, what="the stock committed")
     with pytest.raises(ValueError, match="REDRIVEN"):
         ops.redrive(letter.id)
+    assert audit(rt, settle=10).clean
+
+
+def test_a_bug_in_a_handler_keeps_its_message_as_a_dead_letter_to_redrive_once_fixed(
+    api: System, outage: pytest.MonkeyPatch
+) -> None:
+    rt = api.runtime
+    ops = DeadLetterOps(rt)
+
+    def bug(_env: Any) -> bool:
+        raise KeyError("sku")
+
+    outage.setattr(rt.inventory, "on_order_completed", bug)
+    order_id = app.place_order("c", [{"sku": "TEE-01", "qty": 2}])
+    assert app.wait_for_order(order_id, timeout=30).status == "COMPLETED"
+    (letter,) = wait_until(lambda: ops.letters(), timeout=30, what="a dead letter")
+    assert (letter.queue, letter.task, letter.order_id) == ("inventory", "inventory.commit", order_id)
+    assert letter.reason == "unexpected error: KeyError: 'sku'" and letter.attempts == 1  # a bug is not retried
+    assert "KeyError" in letter.traceback
+    assert rt.inventory.levels()["TEE-01"].committed == 0
+    outage.undo()  # the fix is deployed
+    ops.redrive(letter.id)
+    wait_until(lambda: rt.inventory.levels()["TEE-01"].committed == 2, timeout=30, what="the stock committed")
     assert audit(rt, settle=10).clean
 
 

@@ -79,7 +79,9 @@ def test_a_malformed_command_is_dead_lettered_at_once(rt: Runtime) -> None:
     assert rt.databases["payment"].log() == []
 
 
-def test_a_bug_is_not_retried(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_is_not_retried_and_its_message_is_kept_as_a_dead_letter(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
 
     def broken(cmd: object, causation_id: object = None) -> None:
@@ -90,8 +92,11 @@ def test_a_bug_is_not_retried(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> N
     rt_app = rt.make_celery("bug-test")
     body = {"order_id": "o-1", "ship_to": {"country": "GB"}, "lines": [{"sku": "MUG-01", "qty": 1}]}
     result = rt_app.tasks["shipping.schedule"].apply(args=(body,))
-    assert result.failed() and isinstance(result.result, ValueError)
+    assert result.state == "REJECTED"  # no requeue; RabbitMQ sends it to shipping.dlq
     assert len(calls) == 1
+    (letter,) = rt.dead_letters.find(order_id="o-1")
+    assert (letter.queue, letter.task, letter.attempts) == ("shipping", "shipping.schedule", 1)
+    assert letter.reason == "unexpected error: ValueError: bug" and "ValueError: bug" in letter.traceback
 
 
 def test_backoff_grows_and_is_capped() -> None:
