@@ -29,7 +29,7 @@ test-fast: $(STAMP)  ## unit and in-process integration tests only (no servers n
 lint: $(STAMP)  ## architecture contracts (import-linter)
 	$(BIN)/lint-imports
 
-bench: $(STAMP)  ## measure sagas/sec against a raw-Celery baseline (writes bench/REPORT.md)
+bench: $(STAMP)  ## measure sagas/sec of both saga modes against a raw-Celery baseline (writes bench/REPORT.md)
 	$(BIN)/python -m bench.run
 
 worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
