@@ -35,6 +35,7 @@ from celery.app.task import X_DEATH_HEADERS
 from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import attempts
 from app.canvas import build_compensation, build_saga
@@ -66,8 +67,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("checkout.tasks")
 
-#: Faults worth retrying. A database that is briefly unreachable or locked is one.
-TRANSIENT = (TransientFailure, OperationalError)
+#: Faults worth retrying. A database that is briefly unreachable or locked is one, and so is
+#: a connection pool with no connection free in time (every connection busy under a burst).
+TRANSIENT = (TransientFailure, OperationalError, PoolTimeout)
 
 #: Compensations and event consumers must finish: they retry this many times more.
 PERSISTENT_RETRY_FACTOR = 4
@@ -103,7 +105,7 @@ def backoff(retries: int, base: float, cap: float) -> float:
 def _reason_of(exc: BaseException, service: str) -> str:
     if isinstance(exc, TransientFailure):
         return exc.reason
-    if isinstance(exc, DBAPIError):
+    if isinstance(exc, (DBAPIError, PoolTimeout)):
         return f"{service}_unavailable"
     return "unexpected_error"
 

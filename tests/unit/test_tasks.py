@@ -5,7 +5,7 @@ messages, runs retries inline at once (countdowns ignored), and does not run cho
 callbacks — so the canvas's behaviour is tested with real workers in tests/integration.
 What eager mode does show faithfully is how a task maps service outcomes to Celery:
 success, business failure (StepFailed, never retried), transient failure (retried, then
-recorded as failed) and a bug (not retried).
+recorded as failed) and a bug (not retried: a dead letter).
 """
 
 from __future__ import annotations
@@ -67,6 +67,26 @@ def test_exhausted_retries_record_the_failure_and_dead_letter_the_message(rt: Ru
     assert "TransientFailure" in letter.traceback
     assert letter.message["signature"]["task"] == "payment.authorize"
     assert letter.message["signature"]["options"]["retries"] == 0
+
+
+def test_a_connection_pool_timeout_is_retried(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    real = rt.payment.authorize
+    calls = []
+
+    def busy_pool_first(cmd: Any, causation_id: Any = None) -> Any:
+        calls.append(cmd)
+        if len(calls) == 1:
+            raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached, connection timed out")
+        return real(cmd, causation_id)
+
+    monkeypatch.setattr(rt.payment, "authorize", busy_pool_first)
+    rt_app = rt.make_celery("pool-test")  # (a step's handler is bound when its task is defined)
+    result = rt_app.tasks["payment.authorize"].apply(args=(authorize_body("tok_ok"),))
+    assert result.successful() and len(calls) == 2
+    assert [e.event_type for e in rt.databases["payment"].log()] == ["PaymentAuthorized"]
+    assert rt.dead_letters.find() == []
 
 
 def test_a_malformed_command_is_dead_lettered_at_once(rt: Runtime) -> None:
