@@ -387,7 +387,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     unknown = [s for s in services if s not in rt.settings.queues]
     if unknown:
         rt.close()
-        print(f"error: no service or extension {', '.join(unknown)}; known: {', '.join(rt.settings.queues)}")
+        print(
+            f"error: no service or extension {', '.join(unknown)}; known: {', '.join(rt.settings.queues)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         results = check(rt, services, timeout=args.timeout, host=socket.gethostname() if args.this_host else None)

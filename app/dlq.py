@@ -104,7 +104,7 @@ class DeadLetterOps:
             self.store.set_status(letter, PURGED)
         if self.rt.settings.broker_kind == "amqp":
             with self.rt.celery.connection_for_write() as conn:
-                for queue in dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues):
+                for queue in self._dead_letter_queues():
                     queue(conn.default_channel).purge()
         return len(letters)
 
@@ -114,12 +114,16 @@ class DeadLetterOps:
             return {}
         depths = {}
         with self.rt.celery.connection_for_write() as conn:
-            for queue in dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues):
+            for queue in self._dead_letter_queues():
                 _, count, _ = queue(conn.default_channel).queue_declare(passive=True)
                 depths[queue.name] = count
         return depths
 
     # --- internals --------------------------------------------------------------------
+
+    def _dead_letter_queues(self) -> list[Any]:
+        """RabbitMQ's ``<queue>.dlq`` of every queue of the system (extensions' too)."""
+        return dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues)
 
     def _send(self, letter: DeadLetter) -> None:
         message = letter.message
@@ -148,11 +152,7 @@ class DeadLetterOps:
         if self.rt.settings.broker_kind != "amqp":
             return False
         name = dead_letter_queue_name(letter.queue)
-        queue = next(
-            q
-            for q in dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues)
-            if q.name == name
-        )
+        queue = next(q for q in self._dead_letter_queues() if q.name == name)
         found = False
         held: list[Any] = []
         with self.rt.celery.connection_for_write() as conn:

@@ -50,21 +50,15 @@ class Runtime:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[str, Engine] = {}  # one per database URL, shared by whoever uses it
         self.databases: dict[str, Database] = {}
         for service in SERVICES:
-            url = self.settings.database_url_for(service)
-            if url not in self.engines:
-                self.engines[url] = make_engine(url)
             module = SERVICE_MODULES[service]
-            self.databases[service] = Database(service, self.engines[url], module.metadata, module.tables)
+            self.databases[service] = Database(service, self._engine(service), module.metadata, module.tables)
         #: consumers added by CHECKOUT_EXTENSIONS, each with a database of its own tables
         self.extensions: dict[str, Extension] = load_all(self.settings.extension_targets)
         for name, ext in self.extensions.items():
-            url = self.settings.database_url_for(name)
-            if url not in self.engines:
-                self.engines[url] = make_engine(url)
-            self.databases[name] = Database(name, self.engines[url], ext.metadata, ext.tables, migrated=ext.migrated)
+            self.databases[name] = Database(name, self._engine(name), ext.metadata, ext.tables, migrated=ext.migrated)
         self.saga = CHECKOUT
         self.dead_letters = DeadLetterStore(self.databases)
         self.gateway = FakePaymentGateway(self.databases["payment"].engine)
@@ -83,6 +77,12 @@ class Runtime:
         self.relay = Relay(self.databases, CeleryPublisher(self.celery), self.consumers_of)
         for db in self.databases.values():
             db.after_commit(self.relay.publish)
+
+    def _engine(self, owner: str) -> Engine:
+        url = self.settings.database_url_for(owner)
+        if url not in self.engines:
+            self.engines[url] = make_engine(url)
+        return self.engines[url]
 
     def consumers_of(self, event_type: str) -> tuple[str, ...]:
         """The tasks an event is delivered to, in this system's saga mode (extensions' too)."""

@@ -46,6 +46,15 @@ DEFAULT_PASSWORDS = frozenset(
 )
 
 
+def _extension_entries(value: str) -> list[tuple[str, str]]:
+    """``"analytics, mail=pkg.mod:ext"`` -> ``[("analytics", ""), ("mail", "pkg.mod:ext")]``."""
+    entries = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, target = item.partition("=")
+        entries.append((name.strip(), target.strip()))
+    return entries
+
+
 def is_loopback(host: str | None) -> bool:
     """True for this machine only: 127.0.0.0/8, ::1, localhost — or no host (a Unix socket, a file)."""
     if not host or host.lower() in {"localhost", "ip6-localhost"}:
@@ -272,8 +281,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_extensions(cls, value: str) -> str:
         seen: set[str] = set()
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            name, _, target = (part.strip() for part in item.partition("="))
+        for name, target in _extension_entries(value):
             if not EXTENSION_NAME.match(name):
                 raise ValueError(f"{name!r} is not an extension name: lower-case letters, digits and _, at most 31")
             if name in SERVICES:
@@ -293,11 +301,7 @@ class Settings(BaseSettings):
     @property
     def extension_targets(self) -> dict[str, str]:
         """Each extension's name and the ``module:attribute`` of its definition."""
-        found: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in self.extensions.split(","))):
-            name, _, target = (part.strip() for part in item.partition("="))
-            found[name] = target or BUILTIN_EXTENSIONS[name]
-        return found
+        return {name: target or BUILTIN_EXTENSIONS[name] for name, target in _extension_entries(self.extensions)}
 
     @property
     def queues(self) -> tuple[str, ...]:

@@ -55,12 +55,11 @@ class SchemaNotCurrent(RuntimeError):
 def service_metadata(service: str) -> MetaData:
     """The tables the service's code expects (a built-in extension's too: it has a line of
     revisions of its own)."""
+    from app.extensions import load
     from config.settings import BUILTIN_EXTENSIONS
 
     if service in BUILTIN_EXTENSIONS:
-        module_name = BUILTIN_EXTENSIONS[service].split(":", 1)[0]
-        extension_metadata: MetaData = importlib.import_module(module_name).metadata
-        return extension_metadata
+        return load(service, BUILTIN_EXTENSIONS[service]).metadata
     metadata: MetaData = importlib.import_module(f"app.services.{service}").metadata
     return metadata
 
