@@ -31,8 +31,6 @@ from typing import Any
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, func, inspect, select
 
 from app import migrations
@@ -43,6 +41,7 @@ from app.runtime import SERVICE_MODULES
 from app.services.order import OrderService, orders
 from config.settings import SERVICES, Settings
 from tests.support.cluster import REPO_ROOT, postgres_database
+from tests.support.schema import diffs, revisions
 
 pytestmark = [pytest.mark.brokers, pytest.mark.timeout(180)]
 
@@ -67,23 +66,6 @@ def pg() -> Iterator[tuple[str, Engine]]:
             yield url, engine
         finally:
             engine.dispose()
-
-
-def diffs(engine: Engine, service: str) -> list[Any]:
-    """Alembic's differences between the service's tables in the database and its metadata."""
-    metadata = migrations.service_metadata(service)
-
-    def mine(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-        return type_ != "table" or name in metadata.tables
-
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": mine})
-        return list(compare_metadata(context, metadata))
-
-
-def revisions(engine: Engine) -> dict[str, str | None]:
-    with engine.connect() as conn:
-        return {service: migrations.current(conn, service) for service in SERVICES}
 
 
 def heads() -> dict[str, str]:

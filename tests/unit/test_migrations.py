@@ -9,35 +9,18 @@ from typing import Any
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
 from app import migrations
 from app.db import Database, make_engine
 from app.runtime import SERVICE_MODULES
 from config.settings import SERVICES
+from tests.support.schema import diffs, revisions
 
 
 def database(engine: Engine, service: str) -> Database:
     module = SERVICE_MODULES[service]
     return Database(service, engine, module.metadata, module.tables)
-
-
-def diffs(engine: Engine, service: str) -> list[Any]:
-    metadata = migrations.service_metadata(service)
-
-    def mine(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-        return type_ != "table" or name in metadata.tables
-
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": mine})
-        return list(compare_metadata(context, metadata))
-
-
-def revisions(engine: Engine) -> dict[str, str | None]:
-    with engine.connect() as conn:
-        return {s: migrations.current(conn, s) for s in SERVICES}
 
 
 @pytest.fixture
