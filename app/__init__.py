@@ -18,10 +18,11 @@ from app.api import (
     validate_order,
     wait_for_order,
 )
-from app.errors import InvalidOrder, OrderNotFound
+from app.errors import Busy, InvalidOrder, OrderNotFound
 from app.services.order import OrderView, TimelineEntry
 
 __all__ = [
+    "Busy",
     "CatalogItem",
     "InvalidOrder",
     "OrderNotFound",

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.commands import PlaceOrder
-from app.errors import InvalidOrder
+from app.errors import Busy, InvalidOrder
 from app.runtime import Runtime
 from app.services.order import OrderView
 from app.values import DEFAULT_ADDRESS
@@ -145,10 +145,26 @@ def place_order(
 
     ``items`` is a list of ``{"sku": str, "qty": int}``. Bad input raises
     :class:`app.InvalidOrder` naming the field; nothing is written or enqueued. The same
-    ``idempotency_key`` returns the same order id and places nothing new.
+    ``idempotency_key`` returns the same order id and places nothing new. Over capacity it
+    raises :class:`app.Busy` with a ``retry_after`` in seconds; nothing is written.
     """
     request = validate_order(customer_id, items, payment_token, ship_to, idempotency_key, currency)
-    order_id, _created = _current().runtime.order.place(request)
+    return admit_and_place(_current().runtime, request)
+
+
+def admit_and_place(rt: Runtime, request: PlaceOrder) -> str:
+    """Place a validated order if admission control lets it in; raise :class:`app.Busy`
+    otherwise (nothing written). A retry of an order placed before — the same idempotency
+    key — returns its id even while busy: it adds no work."""
+    try:
+        rt.admission.check()
+    except Busy:
+        if request.idempotency_key is not None:
+            existing = rt.order.find_by_idempotency_key(request.idempotency_key)
+            if existing is not None:
+                return existing
+        raise
+    order_id, _created = rt.order.place(request)
     return order_id
 
 

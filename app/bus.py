@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from app.db import Database
 from app.events import Envelope
-from app.subscriptions import consumers_of
+from app.subscriptions import CONSUMER_STEPS, consumers_of
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,46 @@ class Relay:
             except Exception:  # harmless: they will be sent again and absorbed
                 log.warning("could not mark %d event(s) of %s published", len(sent), service, exc_info=True)
         return len(sent)
+
+    def missing(self, order_id: str, skip: frozenset[str] = frozenset()) -> list[tuple[Envelope, str]]:
+        """The deliveries of the order's events that show no sign of having arrived:
+        ``(event, consumer)`` for each consumer (but those in ``skip``) whose inbox does not
+        hold the event and, for a consumer that runs a saga step (``CONSUMER_STEPS``), whose
+        service has not recorded that step for the order. Only these are worth sending again."""
+        pending: list[tuple[Envelope, str]] = []
+        for service in self.databases:
+            for env in self.databases[service].log(order_id):
+                pending += [(env, task) for task in self.consumers(env.event_type) if task not in skip]
+        missing: list[tuple[Envelope, str]] = []
+        steps: dict[str, set[str]] = {}
+        by_consumer: dict[str, list[Envelope]] = {}
+        for env, task in pending:
+            by_consumer.setdefault(task, []).append(env)
+        for task, events in by_consumer.items():
+            db = self.databases.get(task.split(".", 1)[0])
+            if db is None:  # a consumer this process has no database for: cannot tell, send
+                missing += [(env, task) for env in events]
+                continue
+            step = CONSUMER_STEPS.get(task)
+            if step is not None:
+                if db.service not in steps:
+                    steps[db.service] = db.recorded_steps(order_id)
+                if step not in steps[db.service]:
+                    missing += [(env, task) for env in events]
+                continue
+            handled = db.handled(task, [env.event_id for env in events])
+            missing += [(env, task) for env in events if env.event_id not in handled]
+        return missing
+
+    def redeliver(self, order_id: str, skip: frozenset[str] = frozenset()) -> int:
+        """Send the order's missing deliveries (:meth:`missing`) again, each with its
+        original message id; how many were sent."""
+        missing = self.missing(order_id, skip)
+        for env, task in missing:
+            self.publisher.send(
+                task, env.to_wire(), message_id=f"{env.event_id}:{task}", correlation_id=env.correlation_id
+            )
+        return len(missing)
 
     def sweep(self, service: str, older_than_seconds: float) -> int:
         """Publish the service's committed-but-unpublished events. Returns how many."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.errors import InvalidOrder, OrderNotFound
+from app.errors import Busy, InvalidOrder, OrderNotFound
 from app.telemetry import use_log_format
 from config.settings import BUILTIN_EXTENSIONS, SERVICES
 
@@ -248,6 +248,9 @@ def cmd_place(args: argparse.Namespace) -> int:
     except InvalidOrder as exc:
         print(f"invalid order: {exc}", file=sys.stderr)
         return 2
+    except Busy as exc:
+        print(f"not placed: the system is {exc} (nothing was written)", file=sys.stderr)
+        return 3
     if args.no_wait:
         print(order_id)
         return 0

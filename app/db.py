@@ -395,6 +395,20 @@ class Database:
         rows = self.query(lambda c: c.execute(query).all())
         return [StepStats(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
+    def handled(self, consumer: str, event_ids: list[str]) -> set[str]:
+        """Which of the events the consumer's inbox (in this database) holds."""
+        if not event_ids:
+            return set()
+        inbox = self.tables.inbox
+        query = select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id.in_(event_ids))
+        return set(self.query(lambda c: c.execute(query).scalars().all()))
+
+    def recorded_steps(self, order_id: str) -> set[str]:
+        """The saga steps and compensations this service has recorded for the order."""
+        steps = self.tables.steps
+        query = select(steps.c.step).where(steps.c.order_id == order_id)
+        return set(self.query(lambda c: c.execute(query).scalars().all()))
+
     def log(self, order_id: str | None = None) -> list[Envelope]:
         """The service's event log, oldest first (one order's part of it, if given)."""
         events = self.tables.events

@@ -23,6 +23,23 @@ class OrderNotFound(CheckoutError, LookupError):
     """No order has this id."""
 
 
+class Busy(CheckoutError):
+    """The system is over capacity: the order was not placed. Nothing was written and
+    nothing was enqueued; place it again after ``retry_after`` seconds (with the same
+    idempotency key, so a retry never places it twice).
+
+    ``signal`` says what was over its limit (``backlog 14.2s > target 10s``).
+    """
+
+    def __init__(self, retry_after: float, signal: str) -> None:
+        super().__init__(retry_after, signal)
+        self.retry_after = retry_after
+        self.signal = signal
+
+    def __str__(self) -> str:
+        return f"busy: {self.signal}; try again in {self.retry_after:g}s"
+
+
 class _Failure(CheckoutError):
     """A failure with a ``reason`` (what the order is cancelled with) and a detail."""
 

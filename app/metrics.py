@@ -19,6 +19,11 @@ exporter (``python -m app metrics``) serves the whole system.
 | ``checkout_dead_letters`` | gauge | ``service``, ``status`` | dead letters by status (dead, redriven ...) |
 | ``checkout_queue_messages`` | gauge | ``queue`` | messages waiting in each service queue (and ``<queue>.dlq`` on RabbitMQ) |
 | ``checkout_queue_consumers`` | gauge | ``queue`` | RabbitMQ only: consumers of each queue |
+| ``checkout_admission_admitted_total`` | counter | | orders admitted by admission control (= orders placed) |
+| ``checkout_admission_refused_total`` | counter | | orders refused as busy, by every placing process |
+| ``checkout_admission_backlog_seconds`` | gauge | | the admission signal now: in flight / recent finish rate, at most the oldest's age |
+| ``checkout_admission_target_seconds`` | gauge | | the backlog above which new orders are refused (0: admission control off) |
+| ``checkout_admission_finish_rate`` | gauge | | sagas finished per second over the admission window |
 | ``checkout_metrics_source_up`` | gauge | ``source`` | 1 if the source could be read at this scrape, else 0 |
 """
 
@@ -66,6 +71,7 @@ class SagaCollector(Collector):
         )
         sources: tuple[tuple[str, Callable[[], Iterable[Metric]]], ...] = (
             ("orders", self._orders),
+            ("admission", self._admission),
             ("steps", self._steps),
             ("dead_letters", self._dead_letters),
             ("broker", self._queues),
@@ -113,6 +119,31 @@ class SagaCollector(Collector):
             buckets = [(_bound(bound), count) for bound, count in cumulative] + [("+Inf", total)]
             histogram.add_metric([status.lower()], buckets, durations.sum_seconds if durations else 0.0)
         yield histogram
+
+    def _admission(self) -> Iterator[Metric]:
+        counts = self.rt.order.saga_counts()
+        load = self.rt.admission.current()
+        yield CounterMetricFamily(
+            "checkout_admission_admitted", "Orders admitted by admission control (orders placed)", value=counts.placed
+        )
+        yield CounterMetricFamily(
+            "checkout_admission_refused", "Orders refused as busy by admission control", value=self.rt.order.refusals()
+        )
+        yield GaugeMetricFamily(
+            "checkout_admission_backlog_seconds",
+            "The admission signal: sagas in flight / recent finish rate, at most the oldest one's age",
+            value=load.backlog_seconds,
+        )
+        yield GaugeMetricFamily(
+            "checkout_admission_target_seconds",
+            "Backlog above which new orders are refused (0: admission control off)",
+            value=self.rt.settings.admission_target_seconds,
+        )
+        yield GaugeMetricFamily(
+            "checkout_admission_finish_rate",
+            "Sagas finished per second over the admission window",
+            value=load.finish_rate,
+        )
 
     def _steps(self) -> Iterator[Metric]:
         steps = CounterMetricFamily(

@@ -15,6 +15,7 @@ from celery import Celery, signals
 from sqlalchemy import Engine
 
 from app.adapters.fake_carrier import FakeCarrier
+from app.admission import Admission, Limits
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.bus import Relay, outbox_sweeper
 from app.canvas import check_canvas_settings
@@ -72,6 +73,16 @@ class Runtime:
         self.inventory = InventoryService(self.databases["inventory"])
         self.payment = PaymentService(self.databases["payment"], self.gateway)
         self.shipping = ShippingService(self.databases["shipping"], self.carrier)
+        self.admission = Admission(
+            lambda: self.order.load(self.settings.admission_window_seconds),
+            Limits(
+                target_seconds=self.settings.admission_target_seconds,
+                min_in_flight=self.settings.admission_min_in_flight,
+                max_in_flight=self.settings.admission_max_in_flight,
+                refresh_seconds=self.settings.admission_refresh_seconds,
+            ),
+            self.order.count_refusals,
+        )
         self.celery = self.make_celery()
         self.subscriptions = with_extensions(subscriptions(self.settings.saga_mode), self.extensions.values())
         self.relay = Relay(self.databases, CeleryPublisher(self.celery), self.consumers_of)

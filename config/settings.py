@@ -159,17 +159,58 @@ class Settings(BaseSettings):
     saga_deadline_seconds: float = Field(
         300.0,
         gt=0,
-        description="A saga not finished this long after it started (or was last re-driven) is re-driven "
-        "by the sweeper from its recorded state.",
+        description="A saga that has recorded no progress for this long (and was not re-driven lately) is "
+        "re-driven by the sweeper from its recorded state, unless it may merely be queued behind a backlog; "
+        "after each re-drive the wait doubles, with jitter.",
     )
     saga_give_up_seconds: float = Field(
         900.0,
         gt=0,
-        description="A saga still running this long after placement is compensated by the sweeper "
-        "(reason deadline_exceeded) instead of being re-driven again.",
+        description="A lost saga still running this long after placement is compensated by the sweeper "
+        "(reason deadline_exceeded) instead of being re-driven again; a saga that may merely be queued is "
+        "never given up on.",
     )
     sweep_interval_seconds: float = Field(
         30.0, gt=0, le=3600, description="How often the sweeper (Celery beat, or a thread when embedded) runs."
+    )
+    sweep_max_redrives: int = Field(
+        50,
+        ge=1,
+        le=10000,
+        description="Most sagas the sweeper re-drives (or gives up on) in one round; the rest wait for the next "
+        "round, so recovery work stays bounded however many sagas are overdue.",
+    )
+    admission_target_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Admission control: new orders are refused (app.Busy, retry after a few seconds) while "
+        "the sagas in flight would take longer than this to finish at the rate sagas finished lately "
+        "(and the oldest of them is older than this). 0 turns admission control off.",
+    )
+    admission_min_in_flight: int = Field(
+        100,
+        ge=0,
+        description="Admission control never refuses while fewer sagas than this are in flight (a few stuck "
+        "sagas in a quiet system are the sweeper's business, not a reason to refuse orders).",
+    )
+    admission_max_in_flight: int = Field(
+        10000,
+        ge=1,
+        description="Admission control refuses new orders while this many sagas are in flight, whatever the rate.",
+    )
+    admission_window_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Admission control: how far back the rate at which sagas finish is measured.",
+    )
+    admission_refresh_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="Admission control: each placing process measures the load at most this often and decides "
+        "from that measurement in between (a refusal costs no database round trip).",
     )
     visibility_timeout_seconds: int = Field(
         600,

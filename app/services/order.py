@@ -9,6 +9,7 @@ it, so the outcome does not depend on which message is delivered first.
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 
+from app.admission import Load
 from app.catalog import CATALOG, SUPPORTED_CURRENCIES
 from app.commands import (
     AuthorizePayment,
@@ -89,7 +91,16 @@ orders = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),  # orders list: newest first
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("deadline_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True), index=True),  # admission control: sagas finished lately
+)
+
+#: Admission control's decisions that nothing else records: refusals (``refused``), added
+#: up by every placing process (see app/admission.py), for metrics.
+admission = Table(
+    "order_admission",
+    metadata,
+    Column("decision", String(16), primary_key=True),
+    Column("count", Integer, nullable=False),
 )
 
 order_lines = Table(
@@ -268,6 +279,8 @@ class OrderService:
                             currency=product.currency,
                         )
                     )
+            if uow.conn.execute(select(admission.c.decision)).first() is None:
+                uow.conn.execute(insert(admission).values(decision="refused", count=0))
 
         self.db.run(work)
 
@@ -276,6 +289,50 @@ class OrderService:
         return {r.sku: {"name": r.name, "price_cents": r.price_cents, "currency": r.currency} for r in rows}
 
     # --- placing --------------------------------------------------------------------
+
+    def load(self, window_seconds: float) -> Load:
+        """The sagas in flight and how fast sagas finished in the last ``window_seconds``
+        (admission control's input: two indexed queries)."""
+        now = utcnow()
+
+        def work(conn: Any) -> Load:
+            count, oldest = conn.execute(
+                select(func.count(), func.min(orders.c.created_at)).where(orders.c.status == "PENDING")
+            ).one()
+            finished = conn.execute(
+                select(func.count())
+                .select_from(orders)
+                .where(orders.c.finished_at >= now - timedelta(seconds=window_seconds))
+            ).scalar_one()
+            age = 0.0 if oldest is None else max(0.0, (now - as_utc(oldest)).total_seconds())
+            return Load(int(count), age, int(finished), window_seconds)
+
+        return self.db.query(work)
+
+    def find_by_idempotency_key(self, key: str) -> str | None:
+        """The order placed with this idempotency key, if any."""
+        return self.db.query(
+            lambda c: c.execute(select(orders.c.order_id).where(orders.c.idempotency_key == key)).scalar()
+        )
+
+    def count_refusals(self, n: int) -> None:
+        """Add ``n`` to the refusals recorded (one row, updated in place)."""
+
+        def work(uow: UnitOfWork) -> None:
+            done = uow.conn.execute(
+                update(admission).where(admission.c.decision == "refused").values(count=admission.c.count + n)
+            )
+            if done.rowcount == 0:
+                uow.conn.execute(insert(admission).values(decision="refused", count=n))
+
+        self.db.run(work)
+
+    def refusals(self) -> int:
+        """Orders refused by admission control, in every placing process so far."""
+        value = self.db.query(
+            lambda c: c.execute(select(admission.c.count).where(admission.c.decision == "refused")).scalar()
+        )
+        return int(value or 0)
 
     def place(self, request: PlaceOrder) -> tuple[str, bool]:
         """Write the order and its OrderPlaced event in one transaction.
@@ -535,20 +592,34 @@ class OrderService:
         return self.db.run(work, causation_id=env.event_id)
 
     def overdue(self, limit: int = 500) -> list[str]:
-        """Sagas still running past their deadline, oldest first."""
+        """Sagas past their deadline that have recorded no progress for a deadline, oldest first."""
+        return [order_id for order_id, _progress in self.stalled(limit)]
+
+    def stalled(self, limit: int = 500) -> list[tuple[str, datetime]]:
+        """``(order id, last recorded progress)`` of each saga still running past its
+        deadline (pushed out after each re-drive) that has recorded nothing — no event, no
+        step — for a whole deadline: a saga that moves, however slowly, is not stalled."""
         now = utcnow()
-        return list(
-            self.db.query(
-                lambda c: c.execute(
-                    select(orders.c.order_id)
-                    .where(orders.c.status == "PENDING", orders.c.deadline_at <= now)
-                    .order_by(orders.c.deadline_at)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
+        query = (
+            select(orders.c.order_id, orders.c.updated_at)
+            .where(
+                orders.c.status == "PENDING",
+                orders.c.deadline_at <= now,
+                orders.c.updated_at <= now - self.deadline,
             )
+            .order_by(orders.c.deadline_at)
+            .limit(limit)
         )
+        rows = self.db.query(lambda c: c.execute(query).all())
+        return [(row.order_id, as_utc(row.updated_at)) for row in rows]
+
+    def progress_front(self) -> datetime | None:
+        """When the most recently placed of the finished orders was placed. Queues are first
+        in, first out: once an order placed after a saga's last progress has finished, the
+        queues have moved past anything that saga was waiting for."""
+        query = select(orders.c.created_at).where(orders.c.status.in_(TERMINAL)).order_by(orders.c.created_at.desc())
+        front = self.db.query(lambda c: c.execute(query.limit(1)).scalar())
+        return None if front is None else as_utc(front)
 
     def unsettled(self, limit: int = 500) -> list[str]:
         """Finished orders whose story may have a gap: a completed order that has not seen
@@ -582,7 +653,9 @@ class OrderService:
 
     def plan_redrive(self, order_id: str, give_up_after: timedelta) -> Redrive | None:
         """Decide, from what was recorded, how to move an overdue saga on; push its deadline
-        out so it is re-driven at most once per deadline."""
+        out — further after each re-drive, with jitter (:func:`redrive_backoff`) — so a saga
+        that does not move is re-driven less and less often, and sagas lost together are not
+        re-driven together again."""
 
         def work(uow: UnitOfWork) -> Redrive | None:
             row = _order_row(uow, order_id)
@@ -590,7 +663,7 @@ class OrderService:
             if row.status != "PENDING" or as_utc(row.deadline_at) > now:
                 return None
             values: dict[str, Any] = {
-                "deadline_at": now + self.deadline,
+                "deadline_at": now + redrive_backoff(self.deadline, row.redrives),
                 "redrives": row.redrives + 1,
                 "updated_at": now,
             }
@@ -828,6 +901,18 @@ class OrderService:
             uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
 
         self.db.run(work)
+
+
+#: A saga re-driven again and again waits at most this many deadlines between re-drives.
+MAX_REDRIVE_BACKOFF = 16
+
+
+def redrive_backoff(deadline: timedelta, redrives: int) -> timedelta:
+    """How long after its ``redrives``-th re-drive a saga may be re-driven again: the
+    deadline, doubled each time up to :data:`MAX_REDRIVE_BACKOFF` deadlines, plus up to a
+    quarter of it at random."""
+    factor: int = min(MAX_REDRIVE_BACKOFF, 2 ** min(redrives, 8))
+    return deadline * factor * random.uniform(1.0, 1.25)
 
 
 def _order_row(uow: UnitOfWork, order_id: str) -> Any:

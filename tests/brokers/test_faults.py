@@ -42,10 +42,11 @@ import pytest
 from sqlalchemy import func, select
 
 from app.adapters.fake_gateway import ledger
-from app.api import System, validate_order
+from app.api import System, admit_and_place, validate_order
 from app.audit import audit
 from app.db import as_utc
 from app.dlq import DeadLetterOps
+from app.errors import Busy
 from app.services.order import TERMINAL, orders
 from app.subscriptions import MODES, subscriptions
 from config.settings import SERVICES
@@ -60,7 +61,9 @@ from tests.brokers.test_multiprocess import (
     wait_all_terminal,
 )
 from tests.conftest import wait_until
+from tests.support.load import Capacity, measure_capacity
 from tests.support.cluster import (
+    WaitTimeout,
     BrokerNamespace,
     broker_outage,
     Workers,
@@ -81,6 +84,11 @@ FAULT_SETTINGS: dict[str, Any] = {
     "saga_give_up_seconds": 120,
     "sweep_interval_seconds": 2,
     "publish_retry_seconds": 20,
+    # queued work past this is refused at the door: well below the deadline
+    "admission_target_seconds": 3,
+    "admission_min_in_flight": 30,
+    "admission_window_seconds": 5,
+    "admission_refresh_seconds": 0.2,
 }
 
 #: No tok_down: its ~5 s of retries and its dead letter would blur what the fault did.
@@ -98,12 +106,19 @@ LOST_VOCABULARY: tuple[Row, ...] = tuple(
 )
 LOST_ORDERS = 150
 
-#: Orders placed per second by the placing thread: about what the four workers finish, so
-#: a saga is not overdue just because it queued behind the others.
-PLACE_RATE = 12.0
+#: Every rate is a multiple of the capacity measured at the start of the same test (a burst
+#: of tok_ok orders; tests/support/load.py), so the load means the same on a fast machine and
+#: on a slow or busy one. Placements go through admission control as a caller's would: one
+#: refused (app.Busy) is placed again after its retry_after, with the same idempotency key.
+#:
+#: By default, about what the four workers finish, so a saga is not overdue just because it
+#: queued behind the others.
+PLACE_LOAD = 0.8
 #: The crash and restart runs place faster than the workers finish, so work is queued and in
 #: flight everywhere when the fault strikes.
-FAULT_PLACE_RATE = 25.0
+FAULT_LOAD = 1.5
+#: Longest pause after a refusal before placing the same order again.
+BUSY_PAUSE_CAP = 1.0
 #: A placement that fails (broker or database away) is tried again for this long.
 PLACE_RETRY_TIMEOUT = 60.0
 #: No single placement attempt may take longer: with the broker away it must fail (or
@@ -151,6 +166,7 @@ class Placer(threading.Thread):
         self.rate = rate
         self.placed: list[Placed] = []
         self.failures: list[str] = []
+        self.refused = 0  # placements refused by admission control (placed again after a pause)
         self.slowest = 0.0
         self.error: BaseException | None = None
         self._halt = threading.Event()
@@ -173,7 +189,12 @@ class Placer(threading.Thread):
         while True:
             began = time.monotonic()
             try:
-                order_id, _created = self.system.runtime.order.place(request)
+                order_id = admit_and_place(self.system.runtime, request)
+            except Busy as exc:  # over capacity: nothing written; the same order again, later
+                self.refused += 1
+                if self._halt.wait(min(exc.retry_after, BUSY_PAUSE_CAP)):
+                    raise
+                continue
             except Exception as exc:
                 self.failures.append(f"{request.idempotency_key}: {exc!r}"[:300])
                 if time.monotonic() >= deadline or self._halt.wait(0.2):
@@ -211,18 +232,21 @@ class Fault:
 
 @dataclass
 class Run:
-    """A fault run: the orders' placing thread (stopped by the ``start_run`` fixture) and
-    the worker group."""
+    """A fault run: the capacity measured before it, the orders' placing thread (stopped by
+    the ``start_run`` fixture) and the worker group."""
 
     system: System
     workers: Workers
     placer: Placer
+    capacity: Capacity
     started: float = field(default_factory=time.monotonic)
 
     def terminal(self) -> int:
-        """Orders of the run that are COMPLETED or CANCELLED (every order in the database is ours)."""
+        """Orders of the run that are COMPLETED or CANCELLED (every order in the database is
+        ours: the run's, and the capacity burst's, all completed before the run began)."""
         query = select(func.count()).select_from(orders).where(orders.c.status.in_(TERMINAL))
-        return int(self.system.runtime.databases["order"].query(lambda c: c.execute(query).scalar_one()))
+        every = int(self.system.runtime.databases["order"].query(lambda c: c.execute(query).scalar_one()))
+        return every - self.capacity.orders
 
     def fault(self) -> Fault:
         """Call just before injecting a fault: the moment, and the orders not yet terminal."""
@@ -302,9 +326,14 @@ def start_run(system: System, beat: Workers) -> Iterator[StartRun]:
     """Start placing a plan's orders in the background; the thread is stopped at teardown."""
     runs: list[Run] = []
 
-    def start(plan: list[tuple[Row, dict[str, Any]]], customer: str, rate: float = PLACE_RATE) -> Run:
-        placer = Placer(system, plan, customer, rate)
-        run = Run(system, beat, placer)
+    def start(plan: list[tuple[Row, dict[str, Any]]], customer: str, load: float = PLACE_LOAD) -> Run:
+        """Measure the capacity, then place ``plan`` at ``load`` times it."""
+        try:
+            capacity = measure_capacity(system, f"{customer}-capacity", diagnostics=beat.tails)
+        except WaitTimeout as exc:
+            pytest.fail(str(exc), pytrace=False)
+        placer = Placer(system, plan, customer, load * capacity.sagas_per_second)
+        run = Run(system, beat, placer, capacity)
         runs.append(run)
         placer.start()
         return run
@@ -474,6 +503,11 @@ def settle_and_check(
     findings.placed = len(placed)
     findings.terminal = run.terminal()
     findings.placement_failures = len(run.placer.failures)
+    findings.extra["capacity"] = (
+        f"{run.capacity.sagas_per_second:.1f} sagas/s (burst of {run.capacity.orders}); "
+        f"placed at {run.placer.rate:.1f}/s"
+    )
+    findings.extra["placements refused as busy (placed again)"] = run.placer.refused
     findings.slowest_placement = run.placer.slowest
 
     problems: list[str] = []
@@ -487,8 +521,8 @@ def settle_and_check(
     findings.statuses = dict(sorted(report.statuses.items()))
     if not report.clean:
         problems.append(f"auditor: {report.summary()}\n" + "\n".join(report.violations[:40]))
-    expected = Counter(p.row.status for p in placed)
-    if (report.orders, report.statuses) != (len(placed), expected):
+    expected = Counter(p.row.status for p in placed) + Counter({"COMPLETED": run.capacity.orders})
+    if (report.orders, report.statuses) != (len(placed) + run.capacity.orders, expected):
         problems.append(f"auditor saw {report.orders} orders {dict(report.statuses)}, expected {dict(expected)}")
     try:
         assert_gateway_once(system, placed)
@@ -540,7 +574,7 @@ def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
 ) -> None:
     plan = order_plan(FAULT_VOCABULARY)
     assert len(plan) == FAULT_ORDERS
-    run = start_run(plan, f"crash-{broker.kind}", FAULT_PLACE_RATE)
+    run = start_run(plan, f"crash-{broker.kind}", FAULT_LOAD)
     findings = Findings(f"worker crash: payment SIGKILLed, {broker.kind}+postgresql, {saga_mode}")
 
     run.wait_terminal_at_least(FAULT_ORDERS // 3)
@@ -570,9 +604,8 @@ def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
 
 # --- 2. lost messages -------------------------------------------------------------------
 
-#: Placed faster than the workers finish (150 orders in ~4 s), so queues build a backlog
-#: worth losing.
-LOST_PLACE_RATE = 40.0
+#: Placed much faster than the workers finish, so queues build a backlog worth losing.
+LOST_LOAD = 3.0
 
 
 @dataclass(frozen=True)
@@ -623,7 +656,7 @@ def test_purged_queues_mid_run_are_recovered_by_the_saga_sweeper(
     still ends CANCELLED and the auditor is clean, but with the wrong reason."""
     plan = order_plan(LOST_VOCABULARY)
     assert len(plan) == LOST_ORDERS
-    run = start_run(plan, f"lost-{broker.kind}", LOST_PLACE_RATE)
+    run = start_run(plan, f"lost-{broker.kind}", LOST_LOAD)
     findings = Findings(
         f"lost messages: {', '.join(p.queue for p in PURGES[broker.kind])} purged, {broker.kind}, {saga_mode}"
     )
@@ -735,7 +768,7 @@ def test_broker_restart_mid_run_loses_no_order(
 ) -> None:
     plan = order_plan(FAULT_VOCABULARY)
     assert len(plan) == FAULT_ORDERS
-    run = start_run(plan, f"restart-{broker.kind}", FAULT_PLACE_RATE)
+    run = start_run(plan, f"restart-{broker.kind}", FAULT_LOAD)
     findings = Findings(f"broker restart: {broker.kind} stopped and started, {broker.kind}+postgresql, {saga_mode}")
 
     run.wait_terminal_at_least(FAULT_ORDERS // 3)

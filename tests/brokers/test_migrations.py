@@ -177,7 +177,7 @@ def test_an_upgrade_in_place_keeps_the_data(pg: tuple[str, Engine]) -> None:
 
     done = app_cli("db", "upgrade", env=cli_env(database_url=url))
     assert done.returncode == 0, done.stderr
-    assert "order: order_0001 -> order_0002" in done.stdout, done.stdout
+    assert "order: order_0001 -> order_0003" in done.stdout, done.stdout
     assert revisions(engine) == heads()
     assert order_rows(engine) == rows
     assert "ix_order_orders_created_at" in {i["name"] for i in inspect(engine).get_indexes("order_orders")}
@@ -244,7 +244,7 @@ def test_a_database_behind_is_refused_at_start_up(pg: tuple[str, Engine]) -> Non
     with engine.connect() as conn, conn.begin():
         command.upgrade(migrations.config("order", connection=conn), "order_0001")
     db = Database("order", engine, SERVICE_MODULES["order"].metadata, SERVICE_MODULES["order"].tables)
-    with pytest.raises(migrations.SchemaNotCurrent, match=r"order_0001.*needs order_0002.*python -m app db upgrade"):
+    with pytest.raises(migrations.SchemaNotCurrent, match=r"order_0001.*needs order_0003.*python -m app db upgrade"):
         db.create_schema()
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(orders)).scalar() == 0

@@ -352,7 +352,11 @@ def _overdue(svc: Services, order_id: str, age_seconds: float) -> None:
         lambda uow: uow.conn.execute(
             update(orders)
             .where(orders.c.order_id == order_id)
-            .values(created_at=now - timedelta(seconds=age_seconds), deadline_at=now - timedelta(seconds=1))
+            .values(
+                created_at=now - timedelta(seconds=age_seconds),
+                updated_at=now - timedelta(seconds=age_seconds),  # no progress since
+                deadline_at=now - timedelta(seconds=1),
+            )
         )
     )
 
