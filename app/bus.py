@@ -66,7 +66,8 @@ class Relay:
         """The deliveries of the order's events that show no sign of having arrived:
         ``(event, consumer)`` for each consumer (but those in ``skip``) whose inbox does not
         hold the event and, for a consumer that runs a saga step (``CONSUMER_STEPS``), whose
-        service has not recorded that step for the order. Only these are worth sending again."""
+        service has recorded neither that step nor its compensation for the order. Only these
+        are worth sending again."""
         pending: list[tuple[Envelope, str]] = []
         for service in self.databases:
             for env in self.databases[service].log(order_id):
@@ -81,11 +82,11 @@ class Relay:
             if db is None:  # a consumer this process has no database for: cannot tell, send
                 missing += [(env, task) for env in events]
                 continue
-            step = CONSUMER_STEPS.get(task)
-            if step is not None:
+            shows = CONSUMER_STEPS.get(task)
+            if shows is not None:
                 if db.service not in steps:
                     steps[db.service] = db.recorded_steps(order_id)
-                if step not in steps[db.service]:
+                if not steps[db.service].intersection(shows):
                     missing += [(env, task) for env in events]
                 continue
             handled = db.handled(task, [env.event_id for env in events])

@@ -48,19 +48,20 @@ CHOREOGRAPHY_SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 #: The consumers that run a saga step (idempotent by ``(order, step)`` in their service's
-#: steps table, with no inbox): consumer -> the step it records. Once its step is recorded
-#: for an order, the consumer has acted on the order's events and needs none of them again
-#: (the sweeper re-sends an event only to the consumers that show no sign of it). Every
-#: other consumer keeps an inbox of the events it handled.
-CONSUMER_STEPS: dict[str, str] = {
-    "inventory.reserve_on_placed": "reserve_inventory",
-    "payment.authorize_on_placed": "authorize_payment",
-    "shipping.join": "schedule_shipping",
-    "payment.capture_on_scheduled": "capture_payment",
-    "order.complete_on_captured": "complete_order",
-    "inventory.undo": "release_inventory",
-    "payment.undo": "void_payment",  # refunds first, voids last
-    "shipping.undo": "cancel_shipment",
+#: steps table, with no inbox): consumer -> the steps whose record shows it has acted — its
+#: own step, or the compensation that undid (or prevented) it. Once one of them is recorded
+#: for an order, the consumer needs none of the order's events again (the sweeper re-sends an
+#: event only to the consumers that show no sign of it). Every other consumer keeps an inbox
+#: of the events it handled.
+CONSUMER_STEPS: dict[str, tuple[str, ...]] = {
+    "inventory.reserve_on_placed": ("reserve_inventory", "release_inventory"),
+    "payment.authorize_on_placed": ("authorize_payment", "void_payment"),
+    "shipping.join": ("schedule_shipping", "cancel_shipment"),
+    "payment.capture_on_scheduled": ("capture_payment", "refund_payment"),
+    "order.complete_on_captured": ("complete_order",),
+    "inventory.undo": ("release_inventory",),
+    "payment.undo": ("void_payment",),  # refunds first, voids last
+    "shipping.undo": ("cancel_shipment",),
 }
 
 TABLES: dict[str, dict[str, tuple[str, ...]]] = {

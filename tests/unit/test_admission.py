@@ -246,3 +246,12 @@ def test_a_step_consumer_needs_nothing_once_its_step_is_recorded(services: Servi
     assert ("inventory.reserve_on_placed", "OrderPlaced") not in after
     assert ("shipping.join", "InventoryReserved") in after  # its event, to the consumers still without it
     assert ("order.record", "InventoryReserved") in after
+
+
+def test_a_step_undone_before_it_ran_needs_nothing_sent_again(services: Services) -> None:
+    from app.commands import ReleaseInventory
+
+    order_id = _place(services, 0)
+    relay = Relay(services.dbs, Sent(), lambda t: subscriptions(CHOREOGRAPHY).get(t, ()))
+    services.inventory.release(ReleaseInventory(order_id=order_id))  # prevents the reservation
+    assert ("inventory.reserve_on_placed", "OrderPlaced") not in {(t, e.event_type) for e, t in relay.missing(order_id)}
