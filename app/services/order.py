@@ -279,8 +279,6 @@ class OrderService:
                             currency=product.currency,
                         )
                     )
-            if uow.conn.execute(select(admission.c.decision)).first() is None:
-                uow.conn.execute(insert(admission).values(decision="refused", count=0))
 
         self.db.run(work)
 
@@ -322,7 +320,7 @@ class OrderService:
             done = uow.conn.execute(
                 update(admission).where(admission.c.decision == "refused").values(count=admission.c.count + n)
             )
-            if done.rowcount == 0:
+            if done.rowcount == 0:  # the first refusal ever (a race with another: run() again)
                 uow.conn.execute(insert(admission).values(decision="refused", count=n))
 
         self.db.run(work)

@@ -22,6 +22,10 @@ left and no process died, and prints what it saw: orders placed and terminal, de
 duplicates absorbed (repeated deliveries of a message id, from the workers' logs, and
 sweeper re-drives) and the recovery time. Every process runs with ``FAULT_SETTINGS``
 (deadline 8 s, sweep every 2 s, visibility timeout 30 s), so recovery takes seconds.
+
+Each run first measures the system's capacity with a burst (tests/support/load.py) and
+places its orders at a multiple of it, through admission control: the same load on a fast
+machine as on a slow or busy one.
 """
 
 from __future__ import annotations
@@ -358,9 +362,10 @@ RECEIVED = re.compile(r"Task ([\w.]+)\[([^\]]+)\] received")
 RETRY = re.compile(r"Task ([\w.]+)\[([^\]]+)\] retry:")
 
 
-#: Tasks that consume events (the relay's deliveries). The sweeper sends every event of an
-#: overdue saga, and of each cancelled order once, again on purpose: their repeats are
-#: counted apart from those of commands (saga steps, compensations, the order's own moves).
+#: Tasks that consume events (the relay's deliveries). The sweeper sends a lost saga's
+#: missing deliveries, and those of each cancelled order once, again on purpose: their
+#: repeats are counted apart from those of commands (saga steps, compensations, the
+#: order's own moves).
 EVENT_TASKS = frozenset(task for mode in MODES for tasks in subscriptions(mode).values() for task in tasks)
 
 

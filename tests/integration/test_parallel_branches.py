@@ -28,8 +28,12 @@ def test_failed_reservation_voids_an_authorization_that_succeeds_after_it(api: S
     if saga_mode == "orchestration":  # the chord waits for both branches, then voids
         assert view.steps["authorize_payment"] == "done" and view.steps["void_payment"] == "done"
         assert ops == {"authorize": "ok", "void": "ok"}
-    else:  # payment undid its part on the failure event, mid-retries: no authorization stands
-        assert view.steps.get("authorize_payment") != "done" and view.steps["void_payment"] == "done"
+    else:  # payment undid its part on the failure event: mid-retries, or (on a busy machine,
+        # where the event can come after the retries) by voiding the authorization; either way
+        # no authorization stands
+        assert view.steps["void_payment"] == "done"
+        if view.steps.get("authorize_payment") == "done":
+            assert ops == {"authorize": "ok", "void": "ok"}
         assert ops.get("authorize") != "ok" or ops.get("void") == "ok", ops
     assert audit(api.runtime, settle=10).clean
 
