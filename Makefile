@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
+.PHONY: help install demo test soak test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -22,6 +22,9 @@ demo: $(STAMP)  ## run the embedded demo: every test input through the saga, the
 
 test: $(STAMP)  ## the whole suite (needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1)
 	$(BIN)/python -m pytest
+
+soak: $(STAMP)  ## the fault and overload runs for SOAK_SECONDS each (default 600) instead of a few seconds
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest tests/brokers/test_faults.py tests/brokers/test_overload.py
 
 test-fast: $(STAMP)  ## unit and in-process integration tests only (no servers needed)
 	$(BIN)/python -m pytest -m "not brokers"

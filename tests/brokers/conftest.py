@@ -33,9 +33,14 @@ from tests.support.cluster import (
     ClusterError,
     Workers,
     broker_namespace,
+    log_text,
     postgres_database,
     worker_env,
 )
+from tests.conftest import wait_until
+
+#: How long ``celery beat`` may take to start and have its first sweep run.
+BEAT_START_TIMEOUT = 60.0
 
 
 @pytest.fixture
@@ -145,3 +150,18 @@ def workers(
             print(f"\n[{request.node.nodeid}] worker logs after failure:\n{group.tails()}")
         left = group.running()
         assert not left, f"worker process(es) still running after teardown: {left}"
+
+
+@pytest.fixture
+def beat(workers: Workers, process_env: dict[str, str], tmp_path: Path) -> Workers:
+    """``celery -A workers.order beat`` (the saga and outbox sweeps) in the worker group,
+    stopped with it, once the order worker has run its first ``order.sweep``."""
+    workers.start_beat(process_env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    wait_until(
+        lambda: "order.sweep[" in log_text(workers.logs["order"]),
+        timeout=BEAT_START_TIMEOUT,
+        interval=0.2,
+        what="celery beat's first order.sweep to reach the order worker",
+        diagnostics=workers.tails,
+    )
+    return workers

@@ -2,15 +2,15 @@
 sweeper) as separate processes on Redis or RabbitMQ, PostgreSQL, orders placed from this
 process by a background thread while the fault is injected from the test itself.
 
-1. Worker crash: 300 orders; once about a third are terminal the payment worker's whole
+1. Worker crash: up to 300 orders; once about a third are terminal the payment worker's whole
    process group is SIGKILLed (nothing acknowledged, no warm shutdown) and started again.
    RabbitMQ gives its unacknowledged messages back as soon as the connection drops; Redis
    only after the visibility timeout, so there the saga sweeper re-drives what was lost.
-2. Lost messages: 150 orders; service queues are purged mid-run, one after the other, each
+2. Lost messages: up to 150 orders; service queues are purged mid-run, one after the other, each
    while it holds a backlog (RabbitMQ: shipping, payment, order; Redis: payment, order — see
    ``PURGES``): RabbitMQ's queue.purge, or on Redis a DEL of the queue's lists under the
    namespace prefix. Only the saga sweeper can bring those sagas to an end.
-3. Broker restart: 300 orders; RabbitMQ's app is stopped and started again, or Redis is shut
+3. Broker restart: up to 300 orders; RabbitMQ's app is stopped and started again, or Redis is shut
    down and started again (it keeps nothing on disk: every queued message and result is
    lost). Placement goes on meanwhile (a failed placement is retried with its idempotency
    key); the workers reconnect on their own; the outbox and saga sweepers recover the rest.
@@ -24,8 +24,9 @@ sweeper re-drives) and the recovery time. Every process runs with ``FAULT_SETTIN
 (deadline 8 s, sweep every 2 s, visibility timeout 30 s), so recovery takes seconds.
 
 Each run first measures the system's capacity with a burst (tests/support/load.py) and
-places its orders at a multiple of it, through admission control: the same load on a fast
-machine as on a slow or busy one.
+places its orders at a multiple of it, through admission control, for about
+``PLACE_SECONDS`` (``make soak``: ``SOAK_SECONDS``): the same load, and the same length of
+run, on a fast machine as on a slow or busy one.
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ from tests.brokers.test_multiprocess import (
     wait_all_terminal,
 )
 from tests.conftest import wait_until
-from tests.support.load import Capacity, measure_capacity
+from tests.support.load import Capacity, measure_capacity, run_orders, soak_seconds
 from tests.support.cluster import (
     WaitTimeout,
     BrokerNamespace,
     broker_outage,
     Workers,
     brokers_up,
+    log_text,
     rabbitmqctl,
     redis_client,
     start_rabbitmq_app,
@@ -101,14 +103,14 @@ FAULT_VOCABULARY: tuple[Row, ...] = tuple(
     for row, count in zip(VOCABULARY, (240, 18, 15, 0, 12, 15), strict=True)
     if count
 )
-FAULT_ORDERS = 300
 
 LOST_VOCABULARY: tuple[Row, ...] = tuple(
     Row(row.label, row.status, row.reason, count, row.kwargs)
     for row, count in zip(VOCABULARY, (120, 9, 8, 0, 6, 7), strict=True)
     if count
 )
-LOST_ORDERS = 150
+#: At least this many orders in any run, however slow the machine.
+MIN_ORDERS = 90
 
 #: Every rate is a multiple of the capacity measured at the start of the same test (a burst
 #: of tok_ok orders; tests/support/load.py), so the load means the same on a fast machine and
@@ -121,6 +123,10 @@ PLACE_LOAD = 0.8
 #: The crash and restart runs place faster than the workers finish, so work is queued and in
 #: flight everywhere when the fault strikes.
 FAULT_LOAD = 1.5
+#: A run places orders for about this long at its rate (between MIN_ORDERS and its
+#: vocabulary's size: 300 orders, or 150 in the lost-message runs), so a run takes the same time on a fast machine as on a slow or busy
+#: one; ``make soak`` sets SOAK_SECONDS for longer runs.
+PLACE_SECONDS = 12.0
 #: Longest pause after a refusal before placing the same order again.
 BUSY_PAUSE_CAP = 1.0
 #: A placement that fails (broker or database away) is tried again for this long.
@@ -130,7 +136,6 @@ PLACE_RETRY_TIMEOUT = 60.0
 PLACE_HANG_LIMIT = 10.0
 
 TERMINAL_TIMEOUT = 150.0
-BEAT_START_TIMEOUT = 60.0
 #: How long the broker stays down in the restart tests (a fault duration, not a wait).
 OUTAGE_SECONDS = 3.0
 
@@ -138,21 +143,6 @@ OUTAGE_SECONDS = 3.0
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return dict(FAULT_SETTINGS)
-
-
-@pytest.fixture
-def beat(workers: Workers, process_env: dict[str, str], tmp_path: Path) -> Workers:
-    """``celery -A workers.order beat`` in the worker group (stopped with it), once the order
-    worker has run its first ``order.sweep``."""
-    workers.start_beat(process_env, tmp_path / "beat.log", tmp_path / "beat-schedule")
-    wait_until(
-        lambda: "order.sweep[" in log_text(workers.logs["order"]),
-        timeout=BEAT_START_TIMEOUT,
-        interval=0.2,
-        what="celery beat's first order.sweep to reach the order worker",
-        diagnostics=workers.tails,
-    )
-    return workers
 
 
 # --- placing orders ---------------------------------------------------------------------
@@ -330,13 +320,17 @@ def start_run(system: System, beat: Workers) -> Iterator[StartRun]:
     """Start placing a plan's orders in the background; the thread is stopped at teardown."""
     runs: list[Run] = []
 
-    def start(plan: list[tuple[Row, dict[str, Any]]], customer: str, load: float = PLACE_LOAD) -> Run:
-        """Measure the capacity, then place ``plan`` at ``load`` times it."""
+    def start(vocabulary: tuple[Row, ...], customer: str, load: float = PLACE_LOAD) -> Run:
+        """Measure the capacity, then place about PLACE_SECONDS worth of ``vocabulary``'s
+        mix at ``load`` times it."""
         try:
             capacity = measure_capacity(system, f"{customer}-capacity", diagnostics=beat.tails)
         except WaitTimeout as exc:
             pytest.fail(str(exc), pytrace=False)
-        placer = Placer(system, plan, customer, load * capacity.sagas_per_second)
+        rate = load * capacity.sagas_per_second
+        most = sum(row.count for row in vocabulary)
+        plan = order_plan(vocabulary, orders=run_orders(rate, PLACE_SECONDS, MIN_ORDERS, most))
+        placer = Placer(system, plan, customer, rate)
         run = Run(system, beat, placer, capacity)
         runs.append(run)
         placer.start()
@@ -349,13 +343,6 @@ def start_run(system: System, beat: Workers) -> Iterator[StartRun]:
 
 
 # --- what the run left behind -----------------------------------------------------------
-
-
-def log_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 RECEIVED = re.compile(r"Task ([\w.]+)\[([^\]]+)\] received")
@@ -564,7 +551,7 @@ def settle_and_check(
 
 
 @pytest.mark.brokers
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(240 + 3 * soak_seconds())
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 @pytest.mark.parametrize("saga_mode", MODES)
 def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
@@ -577,12 +564,10 @@ def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
     record_property: Any,
     saga_mode: str,
 ) -> None:
-    plan = order_plan(FAULT_VOCABULARY)
-    assert len(plan) == FAULT_ORDERS
-    run = start_run(plan, f"crash-{broker.kind}", FAULT_LOAD)
+    run = start_run(FAULT_VOCABULARY, f"crash-{broker.kind}", FAULT_LOAD)
     findings = Findings(f"worker crash: payment SIGKILLed, {broker.kind}+postgresql, {saga_mode}")
 
-    run.wait_terminal_at_least(FAULT_ORDERS // 3)
+    run.wait_terminal_at_least(len(run.placer.plan) // 3)
     # ... and strike while the payment worker holds messages it has not acknowledged
     in_flight = wait_until(lambda: unacked(broker, "payment"), timeout=60, interval=0.05, what="payment work in flight")
     terminal_before = run.terminal()
@@ -616,7 +601,7 @@ LOST_LOAD = 3.0
 @dataclass(frozen=True)
 class Purge:
     queue: str
-    terminal: int  # purge once at least this many orders are terminal ...
+    terminal: float  # purge once at least this share of the run's orders are terminal ...
     backlog: int  # ... and at least this many messages wait in the queue
 
 
@@ -627,8 +612,8 @@ class Purge:
 #: pile up, then payment.capture; on Redis the shipping worker keeps up with the burst (its
 #: queue never holds a backlog worth the name), payment holds a few messages.
 PURGES: dict[str, tuple[Purge, ...]] = {
-    "redis": (Purge("payment", 0, 1), Purge("order", LOST_ORDERS // 3, 20)),
-    "rabbitmq": (Purge("shipping", 0, 5), Purge("payment", 0, 5), Purge("order", LOST_ORDERS // 3, 20)),
+    "redis": (Purge("payment", 0, 1), Purge("order", 1 / 3, 20)),
+    "rabbitmq": (Purge("shipping", 0, 5), Purge("payment", 0, 5), Purge("order", 1 / 3, 20)),
 }
 
 
@@ -641,7 +626,7 @@ def purge_backlog(broker: BrokerNamespace, system: System, step: Purge) -> int:
 
 
 @pytest.mark.brokers
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(240 + 3 * soak_seconds())
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 @pytest.mark.parametrize("saga_mode", MODES)
 def test_purged_queues_mid_run_are_recovered_by_the_saga_sweeper(
@@ -659,9 +644,7 @@ def test_purged_queues_mid_run_are_recovered_by_the_saga_sweeper(
     "deadline_exceeded" as the reason — long before the give-up limit — before the events
     it asks for again arrive, and OrderService.record keeps the first reason. Every order
     still ends CANCELLED and the auditor is clean, but with the wrong reason."""
-    plan = order_plan(LOST_VOCABULARY)
-    assert len(plan) == LOST_ORDERS
-    run = start_run(plan, f"lost-{broker.kind}", LOST_LOAD)
+    run = start_run(LOST_VOCABULARY, f"lost-{broker.kind}", LOST_LOAD)
     findings = Findings(
         f"lost messages: {', '.join(p.queue for p in PURGES[broker.kind])} purged, {broker.kind}, {saga_mode}"
     )
@@ -669,7 +652,7 @@ def test_purged_queues_mid_run_are_recovered_by_the_saga_sweeper(
     purged: dict[str, int] = {}
     last_purge: Fault | None = None
     for step in PURGES[broker.kind]:
-        run.wait_terminal_at_least(step.terminal)
+        run.wait_terminal_at_least(round(step.terminal * len(run.placer.plan)))
         purged[step.queue] = wait_until(
             partial(purge_backlog, broker, system, step),
             timeout=60,
@@ -757,7 +740,7 @@ def connection_losses(workers: Workers) -> dict[str, int]:
 
 
 @pytest.mark.brokers
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300 + 3 * soak_seconds())
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 @pytest.mark.parametrize("saga_mode", MODES)
 def test_broker_restart_mid_run_loses_no_order(
@@ -771,12 +754,10 @@ def test_broker_restart_mid_run_loses_no_order(
     record_property: Any,
     saga_mode: str,
 ) -> None:
-    plan = order_plan(FAULT_VOCABULARY)
-    assert len(plan) == FAULT_ORDERS
-    run = start_run(plan, f"restart-{broker.kind}", FAULT_LOAD)
+    run = start_run(FAULT_VOCABULARY, f"restart-{broker.kind}", FAULT_LOAD)
     findings = Findings(f"broker restart: {broker.kind} stopped and started, {broker.kind}+postgresql, {saga_mode}")
 
-    run.wait_terminal_at_least(FAULT_ORDERS // 3)
+    run.wait_terminal_at_least(len(run.placer.plan) // 3)
     service_workers = [name for name in workers.logs if name not in workers.schedulers]
     before = connection_losses(workers)
     failures_before = len(run.placer.failures)

@@ -107,11 +107,16 @@ class Placed:
         return sum(PRICES[line["sku"]] * line["qty"] for line in self.items)
 
 
-def order_plan(vocabulary: tuple[Row, ...] = VOCABULARY, seed: int = 20240601) -> list[tuple[Row, dict[str, Any]]]:
-    """The orders' inputs, rows interleaved in a fixed pseudo-random order."""
+def order_plan(
+    vocabulary: tuple[Row, ...] = VOCABULARY, seed: int = 20240601, orders: int | None = None
+) -> list[tuple[Row, dict[str, Any]]]:
+    """The orders' inputs, rows interleaved in a fixed pseudo-random order; with ``orders``,
+    each row's count scaled to make about that many in all (every row at least once)."""
+    total = sum(row.count for row in vocabulary)
     plan: list[tuple[Row, dict[str, Any]]] = []
     for row in vocabulary:
-        for n in range(row.count):
+        count = row.count if orders is None else max(1, round(row.count * orders / total))
+        for n in range(count):
             args = {"items": OK_BASKETS[n % len(OK_BASKETS)], **row.kwargs}
             plan.append((row, args))
     random.Random(seed).shuffle(plan)

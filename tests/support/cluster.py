@@ -454,6 +454,14 @@ def worker_env(broker: BrokerNamespace, database_url: str, extra: Mapping[str, s
     return env
 
 
+def log_text(path: Path) -> str:
+    """What a process's log holds so far ("" while there is none)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def live_group_members(pgid: int) -> list[int]:
     """Pids of the processes of group ``pgid`` that are still alive (not zombies), from /proc."""
     alive = []

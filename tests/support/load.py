@@ -7,11 +7,17 @@
   wait for earlier orders to finish) through admission control, as a caller would:
   an order refused with :class:`app.Busy` is counted, not retried.
 
+How long a run offers load is :func:`run_seconds`: short by default, so ``make test``
+takes the same time on a fast machine and on a slow or busy one; ``make soak`` sets
+``SOAK_SECONDS`` for long runs of the same tests.
+
 pytest-free, so the bench can use it too.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +33,35 @@ from tests.support.cluster import poll_until
 
 #: How many orders the capacity burst places: enough to fill every queue and pool.
 CAPACITY_BURST = 60
+
+
+def soak_seconds() -> float:
+    """``SOAK_SECONDS`` from the environment (``make soak``), or 0 for a normal run."""
+    raw = os.environ.get("SOAK_SECONDS", "").strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"SOAK_SECONDS must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def run_seconds(default: float) -> float:
+    """How long a load run lasts: ``default``, or ``SOAK_SECONDS`` under ``make soak``."""
+    return soak_seconds() or default
+
+
+def run_orders(rate: float, default_seconds: float, minimum: int, maximum: int) -> int:
+    """How many orders a run offered at ``rate`` per second places: ``default_seconds``
+    worth, between ``minimum`` and ``maximum``; under ``make soak``, ``SOAK_SECONDS``
+    worth (at least ``minimum``, no maximum)."""
+    soak = soak_seconds()
+    if soak:
+        return max(minimum, round(rate * soak))
+    return max(minimum, min(maximum, round(rate * default_seconds)))
 
 
 @dataclass(frozen=True)
@@ -78,6 +113,7 @@ class Offered:
 
     accepted: list[tuple[str, float]] = field(default_factory=list)  # (order id, time.monotonic() placed)
     refused: int = 0
+    first_refusal: float | None = None  # time.monotonic() of the first refusal
     retry_after: list[float] = field(default_factory=list)  # what each refusal suggested
     refusal_seconds: list[float] = field(default_factory=list)  # how long each refusal took
     placement_seconds: list[float] = field(default_factory=list)  # how long each accepted placement took
@@ -115,6 +151,8 @@ class OpenLoop(threading.Thread):
                     order_id = admit_and_place(self.system.runtime, request)
                 except Busy as exc:
                     self.offered.refused += 1
+                    if self.offered.first_refusal is None:
+                        self.offered.first_refusal = began
                     self.offered.retry_after.append(exc.retry_after)
                     self.offered.refusal_seconds.append(time.monotonic() - began)
                     continue
