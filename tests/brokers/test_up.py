@@ -265,7 +265,12 @@ def test_make_up_runs_every_process_with_prefixed_logs_and_stops_them_all_on_ctr
         text = output()
 
         # Stopped cleanly: honcho asked each process to stop, each exited 0, none was killed.
-        assert proc.returncode in (-signal.SIGINT, 130), f"make up ended with {proc.returncode}\n{tail()}"
+        # make dies of the SIGINT itself (or passes on honcho's 130); on a busy machine it may
+        # first see honcho end with 130, report "Error 130" and exit 2
+        interrupted = proc.returncode in (-signal.SIGINT, 130) or (
+            proc.returncode == 2 and text.rstrip().endswith("Error 130")
+        )
+        assert interrupted, f"make up ended with {proc.returncode}\n{tail()}"
         assert "SIGINT received" in text, tail()
         assert "SIGKILL" not in text, f"a process had to be killed\n{tail()}"
         stopped = {m["name"]: int(m["rc"]) for m in STOPPED.finditer(text)}
