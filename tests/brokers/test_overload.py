@@ -14,9 +14,11 @@ into collapse:
 * every admitted order is terminal within ``DRAIN_LIMIT`` of the offering's end;
 * none is cancelled as ``deadline_exceeded`` (no saga waited past its give-up);
 * the auditor is clean;
-* goodput — orders completed per second while the system is overloaded, from the first
-  refusal to the end of the offering (the first seconds only fill the pipeline) — is at
-  least 0.8 × C, and that stretch is most of the window;
+* goodput — orders completed per second while the system is overloaded: the median of
+  the 10 s slices of the window that begin after the first refusal (the first seconds only
+  fill the pipeline; a median, so that one slice the shared machine stalled does not
+  decide, while a collapse, which lasts, does) — is at least 0.8 × C, and that stretch is
+  most of the window;
 * the sweeper re-drove at most ``REDRIVE_LIMIT`` sagas (a saga that is only queued is
   not re-driven).
 
@@ -26,6 +28,7 @@ of placement-to-finish, and what a refusal and a placement cost.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter
@@ -173,6 +176,10 @@ def test_twice_the_capacity_for_a_minute_keeps_goodput_and_loses_nothing(
         if r.status == "COMPLETED" and window_start <= as_utc(r.finished_at) < window_end
     )
     slices = [round(by_slice[n] / SLICE_SECONDS, 1) for n in range(int(OFFER_SECONDS // SLICE_SECONDS))]
+    first_full = math.ceil((offered.first_refusal - loop.started_at) / SLICE_SECONDS)
+    overloaded_slices = [by_slice[n] / SLICE_SECONDS for n in range(first_full, len(slices))]
+    assert overloaded_slices, "no whole slice of the window after the first refusal"
+    median_goodput = statistics.median(overloaded_slices)
     latencies = [(as_utc(r.finished_at) - as_utc(r.created_at)).total_seconds() for r in mine.values()]
     redriven = {r.order_id: r.redrives for r in rows if r.redrives}
     report = audit(system.runtime, settle=AUDIT_SETTLE)
@@ -184,8 +191,9 @@ def test_twice_the_capacity_for_a_minute_keeps_goodput_and_loses_nothing(
         "accepted": len(accepted),
         "refused": offered.refused,
         "overloaded_seconds": round(overloaded_seconds, 1),
-        "goodput_sagas_per_second": round(goodput, 2),
-        "goodput_over_capacity": round(goodput / capacity.sagas_per_second, 2),
+        "goodput_sagas_per_second": round(median_goodput, 2),
+        "goodput_over_capacity": round(median_goodput / capacity.sagas_per_second, 2),
+        "overloaded_mean_goodput_sagas_per_second": round(goodput, 2),
         "whole_window_goodput_sagas_per_second": round(window_goodput, 2),
         f"goodput_per_{SLICE_SECONDS:.0f}s_slice": slices,
         "drain_seconds": round(drain, 1),
@@ -211,7 +219,8 @@ def test_twice_the_capacity_for_a_minute_keeps_goodput_and_loses_nothing(
     )
     assert outcomes == Counter({"COMPLETED": len(accepted)}), f"every tok_ok order completes: {dict(outcomes)}"
     assert report.clean, f"auditor: {report.summary()}\n" + "\n".join(report.violations[:40])
-    assert goodput >= GOODPUT_FLOOR * capacity.sagas_per_second, (
-        f"goodput {goodput:.2f}/s under {GOODPUT_FLOOR} × capacity {capacity.sagas_per_second:.2f}/s"
+    assert median_goodput >= GOODPUT_FLOOR * capacity.sagas_per_second, (
+        f"goodput {median_goodput:.2f}/s (median slice) under {GOODPUT_FLOOR} × capacity "
+        f"{capacity.sagas_per_second:.2f}/s; slices {slices}"
     )
     assert len(redriven) <= REDRIVE_LIMIT, f"the sweeper re-drove {len(redriven)} sagas: {redriven}"

@@ -276,7 +276,12 @@ def test_a_publish_the_broker_refuses_is_known_and_sent_again(
     # Once the queue takes messages again, the order worker's outbox sweep sends the event.
     wait_all_terminal(system, [order_id], workers, TIMEOUT)
     assert rt.order.view(order_id).status == "COMPLETED"
-    assert [e for e in order_db.unpublished(0) if e.key == order_id] == []
+    # the order's last event (OrderCompleted) is sent just after the commit that completes it
+    wait_until(
+        lambda: [e for e in order_db.unpublished(0) if e.key == order_id] == [],
+        timeout=TIMEOUT,
+        what="every event of the order to leave the outbox",
+    )
     # ... and the unconfirmed message is gone: had it reached the queue, the order worker
     # would have dead-lettered it (a body that is not a task message).
     assert rt.dead_letters.find() == []
