@@ -124,8 +124,9 @@ PLACE_LOAD = 0.8
 #: flight everywhere when the fault strikes.
 FAULT_LOAD = 1.5
 #: A run places orders for about this long at its rate (between MIN_ORDERS and its
-#: vocabulary's size: 300 orders, or 150 in the lost-message runs), so a run takes the same time on a fast machine as on a slow or busy
-#: one; ``make soak`` sets SOAK_SECONDS for longer runs.
+#: vocabulary's size: 300 orders, or 150 in the lost-message runs), so a run takes the same
+#: time on a fast machine as on a slow or busy one; ``make soak`` sets SOAK_SECONDS for
+#: longer runs.
 PLACE_SECONDS = 12.0
 #: Longest pause after a refusal before placing the same order again.
 BUSY_PAUSE_CAP = 1.0
