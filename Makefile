@@ -57,7 +57,7 @@ up: $(STAMP)  ## run every worker, beat and the relay as separate processes (nee
 	@PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --env /dev/null --procfile Procfile $(UP_PROCESSES)
 
 flower: $(STAMP)  ## run Flower on the configured broker (basic auth: CHECKOUT_FLOWER_USER, _PASSWORD)
-	$(BIN)/python -m app.flower
+	$(BIN)/python -m app.operations.flower
 
 metrics: $(STAMP)  ## serve saga metrics for Prometheus on 127.0.0.1:9808 (python -m app metrics)
 	$(BIN)/python -m app metrics

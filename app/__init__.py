@@ -18,7 +18,7 @@ from app.api import (
     validate_order,
     wait_for_order,
 )
-from app.errors import Busy, InvalidOrder, OrderNotFound
+from app.domain.errors import Busy, InvalidOrder, OrderNotFound
 from app.services.order import OrderView, TimelineEntry
 
 __all__ = [

@@ -18,8 +18,8 @@ from datetime import date
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, select
 
-from app.db import Database, UnitOfWork, standard_tables, utcnow
-from app.events import Envelope, OrderCancelled, OrderCompleted
+from app.persistence.db import Database, UnitOfWork, standard_tables, utcnow
+from app.domain.events import Envelope, OrderCancelled, OrderCompleted
 from app.extensions import Extension
 
 NAME = "analytics"

@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.commands import PlaceOrder
-from app.errors import Busy, InvalidOrder
-from app.runtime import Runtime
+from app.domain.commands import PlaceOrder
+from app.domain.errors import Busy, InvalidOrder
+from app.bootstrap import Runtime
 from app.services.order import OrderView
-from app.values import DEFAULT_ADDRESS
+from app.domain.values import DEFAULT_ADDRESS
 from config.settings import Settings
 
 

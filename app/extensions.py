@@ -4,7 +4,7 @@ An extension subscribes to event types. Each event of those types is delivered, 
 transaction that wrote it commits, to the task ``<name>.handle`` on the extension's own
 queue ``<name>``, served by its own worker (``celery -A workers.<name> worker -Q <name>``;
 embedded mode starts one). The extension keeps its own tables, prefixed ``<name>_``, next to
-the standard ones (:func:`app.db.standard_tables`): its inbox makes each event take effect
+the standard ones (:func:`app.persistence.db.standard_tables`): its inbox makes each event take effect
 once however often it is delivered or replayed, and its dead letters keep what it could not
 read.
 
@@ -28,7 +28,7 @@ A handler runs in the extension's own transaction, with the event's inbox row. I
 call out to a system that cannot take part in that transaction (a mail server, say) as if
 the transaction made it happen once: record what to send, and send it from a table.
 
-Plain code over the databases: no Celery here (``app/tasks.py`` defines the task).
+Plain code over the databases: no Celery here (``app/messaging/tasks.py`` defines the task).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import MetaData
 
-from app.db import Database, StandardTables, UnitOfWork
-from app.events import REGISTRY, Envelope
+from app.persistence.db import Database, StandardTables, UnitOfWork
+from app.domain.events import REGISTRY, Envelope
 
 #: What an extension does with one event it subscribes to, in its own transaction.
 Handler = Callable[[UnitOfWork, Envelope], None]
@@ -59,7 +59,7 @@ class Extension:
     """A consumer of events outside the saga, with its own queue, worker and tables.
 
     ``migrated``: its tables have a line of Alembic revisions of their own
-    (``app/migrations/versions/<name>/``, the built-in ones); otherwise they are created
+    (``app/persistence/migrations/versions/<name>/``, the built-in ones); otherwise they are created
     from ``metadata`` where missing when its worker starts, and changing them is the
     extension's own business.
     """

@@ -337,7 +337,7 @@ def measure_project(
     from sqlalchemy import event, func, select
 
     from app.api import System, validate_order
-    from app.audit import audit
+    from app.operations.audit import audit
     from app.services.order import TERMINAL, orders
     from config.settings import Settings
 
@@ -637,7 +637,7 @@ def orchestration_lines(summary: Summary) -> list[str]:
 
 
 def choreography_lines(summary: Summary) -> list[str]:
-    from app.subscriptions import consumers_of
+    from app.domain.subscriptions import consumers_of
 
     tasks = summary.per_task(CHOREOGRAPHY)
     events = summary.per_event(CHOREOGRAPHY)

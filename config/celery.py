@@ -139,7 +139,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             settings.broker_kind, settings.rabbitmq_queue_type, settings.rabbitmq_delivery_limit, settings.queues
         ),
         # records malformed messages as dead letters instead of dropping them
-        "worker_consumer": "app.consumer:CheckoutConsumer",
+        "worker_consumer": "app.messaging.consumer:CheckoutConsumer",
         "task_routes": task_routes(settings.queues),
         "task_default_queue": "order",
         "task_default_exchange": EXCHANGE.name,
@@ -147,7 +147,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": "order.task",
         "task_create_missing_queues": False,
         # A failed chord header is reported once, through the body's error callback, after
-        # every header task has finished; see app/canvas.py.
+        # every header task has finished; see app/messaging/canvas.py.
         "task_allow_error_cb_on_chord_header": False,
         "result_expires": 3600,
         "result_extended": False,
@@ -159,13 +159,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,
-        # `celery -A workers.order beat` runs the saga sweeper (app/sweeper.py)
+        # `celery -A workers.order beat` runs the saga sweeper (app/operations/sweeper.py)
         "beat_schedule": {"sweep-overdue-sagas": {"task": "order.sweep", "schedule": settings.sweep_interval_seconds}},
         "timezone": "UTC",
     }
     if settings.signing == "on":
         # Signed (Celery's auth serializer over JSON) in every direction, and nothing else
-        # accepted; app/signing.py loads the key and certificates.
+        # accepted; app/messaging/signing.py loads the key and certificates.
         conf.update(
             task_serializer="auth",
             result_serializer="auth",

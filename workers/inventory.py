@@ -1,5 +1,5 @@
 """The inventory service's worker: `celery -A workers.inventory worker -Q inventory`."""
 
-from app.runtime import worker_app
+from app.bootstrap import worker_app
 
 app = worker_app("inventory")

@@ -1,1 +1,1 @@
-"""Adapters for the ports in :mod:`app.ports`: deterministic fakes a real one replaces."""
+"""Adapters for the ports in :mod:`app.domain.ports`: deterministic fakes a real one replaces."""

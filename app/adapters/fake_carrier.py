@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from app.errors import BusinessFailure
-from app.ports import Carrier
-from app.values import Address, Line
+from app.domain.errors import BusinessFailure
+from app.domain.ports import Carrier
+from app.domain.values import Address, Line
 
 UNSERVED_COUNTRIES = frozenset({"AQ"})
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, insert, select, update
 
-from app.commands import ReleaseInventory, ReserveInventory
-from app.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
-from app.events import Envelope, InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved
+from app.domain.commands import ReleaseInventory, ReserveInventory
+from app.persistence.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
+from app.domain.events import Envelope, InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved
 from app.services.steps import compensation, give_up
-from app.values import Line
+from app.domain.values import Line
 
 SERVICE = "inventory"
 metadata = MetaData()

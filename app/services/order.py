@@ -32,9 +32,9 @@ from sqlalchemy import (
     update,
 )
 
-from app.admission import Load
-from app.catalog import CATALOG, SUPPORTED_CURRENCIES
-from app.commands import (
+from app.domain.admission import Load
+from app.domain.catalog import CATALOG, SUPPORTED_CURRENCIES
+from app.domain.commands import (
     AuthorizePayment,
     CancelOrder,
     CapturePayment,
@@ -45,11 +45,11 @@ from app.commands import (
     ReserveInventory,
     ScheduleShipment,
 )
-from app.db import Database, StepRecord, UnitOfWork, as_utc, standard_tables, utcnow
-from app.errors import InvalidOrder, OrderNotFound
-from app.events import FAILURE_EVENTS, Envelope, Event, OrderCancelled, OrderCompleted, OrderPlaced
-from app.saga import CHECKOUT, Compensation, Saga
-from app.values import Address, Line
+from app.persistence.db import Database, StepRecord, UnitOfWork, as_utc, standard_tables, utcnow
+from app.domain.errors import InvalidOrder, OrderNotFound
+from app.domain.events import FAILURE_EVENTS, Envelope, Event, OrderCancelled, OrderCompleted, OrderPlaced
+from app.domain.saga import CHECKOUT, Compensation, Saga
+from app.domain.values import Address, Line
 
 SERVICE = "order"
 metadata = MetaData()
@@ -95,7 +95,7 @@ orders = Table(
 )
 
 #: Admission control's decisions that nothing else records: refusals (``refused``), added
-#: up by every placing process (see app/admission.py), for metrics.
+#: up by every placing process (see app/domain/admission.py), for metrics.
 admission = Table(
     "order_admission",
     metadata,

@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, insert, select, update
 
-from app.commands import AuthorizePayment, CapturePayment, RefundPayment, VoidPayment
-from app.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
-from app.errors import BusinessFailure
-from app.events import (
+from app.domain.commands import AuthorizePayment, CapturePayment, RefundPayment, VoidPayment
+from app.persistence.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
+from app.domain.errors import BusinessFailure
+from app.domain.events import (
     PaymentAuthorized,
     PaymentCaptured,
     PaymentDeclined,
@@ -23,7 +23,7 @@ from app.events import (
     PaymentRefunded,
     PaymentVoided,
 )
-from app.ports import PaymentGateway
+from app.domain.ports import PaymentGateway
 from app.services.steps import compensation, forward_step_with_call, give_up
 
 SERVICE = "payment"

@@ -6,11 +6,11 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, Column, DateTime, MetaData, String, Table, insert, select, update
 
-from app.commands import CancelShipment, ScheduleShipment
-from app.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
-from app.errors import BusinessFailure
-from app.events import Envelope, OrderPlaced, ShipmentCancelled, ShipmentFailed, ShipmentScheduled
-from app.ports import Carrier
+from app.domain.commands import CancelShipment, ScheduleShipment
+from app.persistence.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
+from app.domain.errors import BusinessFailure
+from app.domain.events import Envelope, OrderPlaced, ShipmentCancelled, ShipmentFailed, ShipmentScheduled
+from app.domain.ports import Carrier
 from app.services.steps import compensation, forward_step_with_call, give_up
 
 SERVICE = "shipping"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from app.db import Database, StepRecord, UnitOfWork
-from app.errors import BusinessFailure
-from app.events import Event
+from app.persistence.db import Database, StepRecord, UnitOfWork
+from app.domain.errors import BusinessFailure
+from app.domain.events import Event
 
 R = TypeVar("R")
 T = TypeVar("T")

@@ -29,14 +29,14 @@ from typing import Any
 
 import pytest
 
-from app.subscriptions import MODES
+from app.domain.subscriptions import MODES
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
 from app.api import System, validate_order
-from app.audit import audit
-from app.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
-from app.dlq import DeadLetterOps
+from app.operations.audit import audit
+from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
+from app.operations.dlq import DeadLetterOps
 from config.settings import SERVICES
 
 from tests.brokers.test_multiprocess import (

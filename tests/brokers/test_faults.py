@@ -48,12 +48,12 @@ from sqlalchemy import func, select
 
 from app.adapters.fake_gateway import ledger
 from app.api import System, admit_and_place, validate_order
-from app.audit import audit
-from app.db import as_utc
-from app.dlq import DeadLetterOps
-from app.errors import Busy
+from app.operations.audit import audit
+from app.persistence.db import as_utc
+from app.operations.dlq import DeadLetterOps
+from app.domain.errors import Busy
 from app.services.order import TERMINAL, orders
-from app.subscriptions import MODES, subscriptions
+from app.domain.subscriptions import MODES, subscriptions
 from config.settings import SERVICES
 
 from tests.brokers.test_multiprocess import (

@@ -1,4 +1,4 @@
-"""Flower as ``make flower`` runs it (``python -m app.flower``), watching the four service
+"""Flower as ``make flower`` runs it (``python -m app.operations.flower``), watching the four service
 workers on Redis, asked through its HTTP API with basic auth.
 
 It must see every service worker on its own queue with the project's tasks registered,
@@ -84,9 +84,9 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def flower(env: dict[str, str], log_path: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
-    """``python -m app.flower`` (what ``make flower`` runs) in its own process group;
+    """``python -m app.operations.flower`` (what ``make flower`` runs) in its own process group;
     always stopped on exit: SIGTERM, then SIGKILL."""
-    return background_process([sys.executable, "-m", "app.flower"], env, log_path, ROOT)
+    return background_process([sys.executable, "-m", "app.operations.flower"], env, log_path, ROOT)
 
 
 @pytest.mark.brokers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.health import check
+from app.operations.health import check
 from app.api import System
 from config.settings import SERVICES
 from tests.support.cluster import Workers

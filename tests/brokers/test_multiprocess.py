@@ -2,7 +2,7 @@
 or RabbitMQ, every service's tables in one database, orders placed from this process.
 
 One test per broker places 200 orders mixing every row of the test vocabulary
-(``app/demo.py``) with PostgreSQL, waits until every order is terminal, checks that each
+(``app/cli/demo.py``) with PostgreSQL, waits until every order is terminal, checks that each
 one ended as its input predicts, runs the auditor, and reports the throughput in sagas per
 second. One more test does the same with 60 orders on Redis with SQLite instead: the four
 worker processes and this one share one SQLite file (WAL, ``BEGIN IMMEDIATE``, busy timeout).
@@ -27,16 +27,16 @@ from typing import Any
 
 import pytest
 
-from app.subscriptions import MODES
+from app.domain.subscriptions import MODES
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import FLAKY_FAILURES, ledger
 from app.api import System, validate_order
-from app.audit import Report, audit
-from app.catalog import CATALOG
-from app.deadletters import DEAD, DeadLetter
-from app.demo import CASES
-from app.dlq import DeadLetterOps
+from app.operations.audit import Report, audit
+from app.domain.catalog import CATALOG
+from app.persistence.deadletters import DEAD, DeadLetter
+from app.cli.demo import CASES
+from app.operations.dlq import DeadLetterOps
 from app.services.order import orders
 from config.celery import EXCHANGE, dead_letter_queue_name
 from config.settings import SERVICES
@@ -67,7 +67,7 @@ OK_BASKETS: list[list[dict[str, Any]]] = [
 class Row:
     """One row of the test vocabulary: what to send and what must come of it."""
 
-    label: str  # as in app.demo.CASES
+    label: str  # as in app.cli.demo.CASES
     status: str
     reason: str | None
     count: int  # how many orders of the run
@@ -214,7 +214,7 @@ def run_mixed_orders(
     """Place ``total`` orders over ``vocabulary``, wait until all are terminal, and check
     each outcome, the gateway's retry counts, the auditor and the namespace."""
     labels = {row.label for row in vocabulary}
-    assert labels >= {label for label, _, _ in CASES}, "a row of the test vocabulary (app.demo.CASES) is not covered"
+    assert labels >= {label for label, _, _ in CASES}, "a row of the test vocabulary (app.cli.demo.CASES) is not covered"
     plan = order_plan(vocabulary)
     assert len(plan) == total
 

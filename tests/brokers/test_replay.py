@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import delete
 
 from app.api import System, validate_order
-from app.audit import audit
-from app.db import UnitOfWork
+from app.operations.audit import audit
+from app.persistence.db import UnitOfWork
 from app.services.order import timeline
 from tests.conftest import wait_until
 from tests.support.cluster import Workers

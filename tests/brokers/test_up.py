@@ -34,7 +34,7 @@ from sqlalchemy import select
 
 from app.analytics import CANCELLED, COMPLETED, ended, sales_by_day
 from app.api import System, validate_order
-from app.runtime import Runtime
+from app.bootstrap import Runtime
 from config.settings import SERVICES, Settings
 from tests.conftest import wait_until
 from tests.support.cluster import BrokerNamespace, live_group_members

@@ -6,7 +6,7 @@ import pytest
 
 import app.api
 from app.api import System
-from app.subscriptions import MODES
+from app.domain.subscriptions import MODES
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 import app
 from app.api import System
-from app.audit import audit
+from app.operations.audit import audit
 
 ROOT = Path(__file__).resolve().parents[2]
 

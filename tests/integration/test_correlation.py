@@ -11,7 +11,7 @@ from celery import signals
 
 import app
 from app.api import System
-from app.telemetry import CAUSATION, CORRELATION, ContextFilter, json_formatter
+from app.messaging.telemetry import CAUSATION, CORRELATION, ContextFilter, json_formatter
 from tests.conftest import wait_until
 
 
@@ -68,7 +68,7 @@ def test_headers_follow_the_saga_without_tasks_setting_them(api: System, saga_mo
 
 
 def test_log_lines_are_json_with_the_ids(api: System) -> None:
-    from app import telemetry
+    from app.messaging import telemetry
 
     stream_records: list[str] = []
 

@@ -13,8 +13,8 @@ from sqlalchemy.exc import OperationalError
 import app
 import app.api
 from app.api import System
-from app.audit import audit
-from app.dlq import OPERATOR_REASON, DeadLetterOps
+from app.operations.audit import audit
+from app.operations.dlq import OPERATOR_REASON, DeadLetterOps
 from config.settings import Settings
 from tests.conftest import publish_raw, purge_memory_broker, wait_until
 

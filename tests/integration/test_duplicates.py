@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 import app
 from app.adapters.fake_gateway import ledger
 from app.api import System
-from app.audit import audit
-from app.bus import Publisher
+from app.operations.audit import audit
+from app.persistence.outbox import Publisher
 from app.services.order import timeline
 
 

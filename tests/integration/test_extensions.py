@@ -17,9 +17,9 @@ import pytest
 import app
 from app import analytics
 from app.api import System
-from app.audit import audit
-from app.events import Envelope, PaymentDeclined
-from app.replay import Selection, plan_replay, send
+from app.operations.audit import audit
+from app.domain.events import Envelope, PaymentDeclined
+from app.operations.replay import Selection, plan_replay, send
 from config.settings import Settings
 from tests.conftest import purge_memory_broker, wait_until
 from tests.support import notifications

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import app
 from app.api import System
-from app.metrics import exposition
+from app.operations.metrics import exposition
 from config.settings import SERVICES
 from tests.conftest import wait_until
 

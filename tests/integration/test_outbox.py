@@ -9,8 +9,8 @@ from kombu.exceptions import OperationalError
 
 import app
 from app.api import System
-from app.audit import audit
-from app.bus import Publisher
+from app.operations.audit import audit
+from app.persistence.outbox import Publisher
 
 
 class BrokerOutage:

@@ -7,7 +7,7 @@ from sqlalchemy import select
 import app
 from app.adapters.fake_gateway import ledger
 from app.api import System
-from app.audit import audit
+from app.operations.audit import audit
 
 
 def gateway_ops(system: System, order_id: str) -> dict[str, str]:

@@ -16,9 +16,9 @@ from sqlalchemy import delete
 
 import app
 from app.api import System
-from app.audit import audit
-from app.db import UnitOfWork
-from app.replay import Selection, plan_replay, send
+from app.operations.audit import audit
+from app.persistence.db import UnitOfWork
+from app.operations.replay import Selection, plan_replay, send
 from app.services.order import timeline
 from tests.conftest import wait_until
 
@@ -187,7 +187,7 @@ def test_a_bad_consumer_or_type_is_refused_naming_the_valid_ones(settled: Orders
 
 
 def test_replay_knows_the_consumers_of_the_systems_saga_mode(system: System, saga_mode: str) -> None:
-    from app.replay import ReplayError
+    from app.operations.replay import ReplayError
 
     rt = system.runtime
     placed = Selection(types=("OrderPlaced",))

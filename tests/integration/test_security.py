@@ -19,9 +19,9 @@ from sqlalchemy import select
 import app
 from app.adapters.fake_gateway import ledger
 from app.api import System
-from app.audit import audit
-from app.consumer import FORGED
-from app.deadletters import DeadLetter
+from app.operations.audit import audit
+from app.messaging.consumer import FORGED
+from app.persistence.deadletters import DeadLetter
 from config.settings import Settings
 from tests.conftest import wait_until
 from tests.integration.test_vocabulary import ROWS

@@ -12,8 +12,8 @@ from sqlalchemy import select
 import app
 import app.api
 from app.api import System
-from app.audit import audit
-from app.bus import Publisher
+from app.operations.audit import audit
+from app.persistence.outbox import Publisher
 from app.services.order import orders
 from config.settings import SERVICES, Settings
 from tests.conftest import purge_memory_broker, wait_until
@@ -82,7 +82,7 @@ def test_sweep_command_redrives_once(swept: System) -> None:
         sweeper.stop()
     order_id = app.place_order("c", [{"sku": "BOOK-01", "qty": 1}])
     assert app.get_order(order_id).status == "PENDING"
-    from app.sweeper import redrive_overdue
+    from app.operations.sweeper import redrive_overdue
 
     wait_until(lambda: order_id in swept.runtime.order.overdue(), timeout=10, what="the deadline to pass")
     first = redrive_overdue(swept.runtime, swept.runtime.celery)

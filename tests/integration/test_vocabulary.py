@@ -10,7 +10,7 @@ from sqlalchemy import select
 import app
 from app.adapters.fake_gateway import ledger
 from app.api import System
-from app.audit import audit
+from app.operations.audit import audit
 
 ROWS: list[tuple[str, dict[str, Any], str, str | None, set[str], set[str]]] = [
     (

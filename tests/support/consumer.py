@@ -1,6 +1,6 @@
 """The worker's message consumer without a broker: hand it messages, see what it did.
 
-:class:`ConsumerProbe` builds the real :class:`app.consumer.CheckoutConsumer` of a Celery
+:class:`ConsumerProbe` builds the real :class:`app.messaging.consumer.CheckoutConsumer` of a Celery
 app (its task strategies included) with stand-ins for the worker around it, and takes the
 handler Celery calls for every delivered message. :meth:`ConsumerProbe.deliver` gives it a
 kombu message and reports what became of it: handed on to the pool (a task request),
@@ -21,10 +21,10 @@ from celery.worker import state as worker_state
 from kombu.message import Message
 from kombu.serialization import prepare_accept_content
 
-from app.consumer import CheckoutConsumer, message_key
-from app.db import utcnow
-from app.deadletters import DeadLetter, storable_text
-from app.runtime import Runtime
+from app.messaging.consumer import CheckoutConsumer, message_key
+from app.persistence.db import utcnow
+from app.persistence.deadletters import DeadLetter, storable_text
+from app.bootstrap import Runtime
 
 
 class FakeChannel:

@@ -21,7 +21,7 @@ from typing import Any
 
 from celery import Task
 
-from app.runtime import worker_app
+from app.bootstrap import worker_app
 
 #: Environment variable naming the file each run appends to.
 CRASH_LOG = "SAGA_TEST_CRASH_LOG"

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from app.api import System, admit_and_place, validate_order
-from app.errors import Busy
+from app.domain.errors import Busy
 from app.services.order import TERMINAL, orders
 from tests.support.cluster import poll_until
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, select
 
-from app.db import Database, UnitOfWork, standard_tables, utcnow
-from app.events import Envelope, OrderCancelled
+from app.persistence.db import Database, UnitOfWork, standard_tables, utcnow
+from app.domain.events import Envelope, OrderCancelled
 from app.extensions import Extension
 
 metadata = MetaData()

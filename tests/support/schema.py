@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
-from app import migrations
+from app.persistence import migrations
 from config.settings import SERVICES
 
 

@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from app.admission import Admission, Limits, Load, decide
+from app.domain.admission import Admission, Limits, Load, decide
 from app.api import validate_order
-from app.bus import Relay
-from app.db import utcnow
-from app.errors import Busy
-from app.events import Envelope, InventoryReserved, OrderCompleted
+from app.persistence.outbox import Relay
+from app.persistence.db import utcnow
+from app.domain.errors import Busy
+from app.domain.events import Envelope, InventoryReserved, OrderCompleted
 from app.services.order import MAX_REDRIVE_BACKOFF, orders, redrive_backoff
-from app.subscriptions import CHOREOGRAPHY, ORCHESTRATION, subscriptions
-from app.sweeper import Evidence
-from app.values import Line
+from app.domain.subscriptions import CHOREOGRAPHY, ORCHESTRATION, subscriptions
+from app.operations.sweeper import Evidence
+from app.domain.values import Line
 from tests.conftest import Services
 
 LIMITS = Limits(target_seconds=10, min_in_flight=20, max_in_flight=1000, refresh_seconds=0.5)
@@ -234,7 +234,7 @@ def test_only_missing_deliveries_are_sent_again_orchestration(services: Services
 
 
 def test_a_step_consumer_needs_nothing_once_its_step_is_recorded(services: Services) -> None:
-    from app.commands import ReserveInventory
+    from app.domain.commands import ReserveInventory
 
     order_id = _place(services, 0)
     relay = Relay(services.dbs, Sent(), lambda t: subscriptions(CHOREOGRAPHY).get(t, ()))
@@ -249,7 +249,7 @@ def test_a_step_consumer_needs_nothing_once_its_step_is_recorded(services: Servi
 
 
 def test_a_step_undone_before_it_ran_needs_nothing_sent_again(services: Services) -> None:
-    from app.commands import ReleaseInventory
+    from app.domain.commands import ReleaseInventory
 
     order_id = _place(services, 0)
     relay = Relay(services.dbs, Sent(), lambda t: subscriptions(CHOREOGRAPHY).get(t, ()))

@@ -253,7 +253,7 @@ def celery_command(tokens: list[str], extensions: str = "") -> dict[str, Any]:
 
 
 def python_command(tokens: list[str]) -> dict[str, Any]:
-    """``python -m app ...`` (parsed by the CLI's own parser), ``python -m app.flower`` or ``python -c``."""
+    """``python -m app ...`` (parsed by the CLI's own parser), ``python -m app.operations.flower`` or ``python -c``."""
     if tokens[:1] == ["-c"]:
         compile(tokens[1], "<healthcheck>", "exec")
         return {"module": None}
@@ -496,7 +496,7 @@ def test_the_queue_checks_follow_the_extensions_the_environment_names(
 
 def test_beat_the_relay_flower_and_the_metrics_exporter_run_once_each() -> None:
     roles = Counter(role(f) for f in commands(compose()).values())
-    for wanted in ("beat", "relay", "app.flower", "metrics"):
+    for wanted in ("beat", "relay", "app.operations.flower", "metrics"):
         assert roles[wanted] == 1, f"{roles[wanted]} services run {wanted} (want 1); roles: {dict(roles)}"
 
 
@@ -679,7 +679,7 @@ def test_the_procfile_runs_one_worker_per_queue_beat_and_the_relay(tmp_path: Pat
             "of the CHECKOUT_EXTENSIONS `make up` gives)"
         )
     roles = Counter(role(f) for _, f in processes.values())
-    for wanted in ("beat", "relay", "app.flower", "metrics"):
+    for wanted in ("beat", "relay", "app.operations.flower", "metrics"):
         if roles[wanted] != 1:
             problems.append(f"Procfile: {roles[wanted]} processes run {wanted} (want 1)")
     for name, (assigned, _) in processes.items():

@@ -3,7 +3,7 @@
 import pytest
 from celery import Celery
 
-from app.errors import BusinessFailure, StepFailed, TransientFailure
+from app.domain.errors import BusinessFailure, StepFailed, TransientFailure
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from app.eventgraph import EMITS, edges, mermaid, problems
-from app.events import REGISTRY
-from app.subscriptions import CHOREOGRAPHY_SUBSCRIPTIONS, MODES, SUBSCRIPTIONS
+from app.operations.eventgraph import EMITS, edges, mermaid, problems
+from app.domain.events import REGISTRY
+from app.domain.subscriptions import CHOREOGRAPHY_SUBSCRIPTIONS, MODES, SUBSCRIPTIONS
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -35,7 +35,7 @@ def test_a_failure_event_that_reaches_no_compensation_is_named() -> None:
 
 
 def test_every_task_in_the_graph_is_a_real_task_and_emits_real_events(tmp_path: object) -> None:
-    from app.runtime import Runtime
+    from app.bootstrap import Runtime
     from config.settings import Settings
 
     rt = Runtime(Settings())

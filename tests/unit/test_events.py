@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.events import FAILURE_EVENTS, REGISTRY, Envelope, OrderPlaced, UnreadableEvent
-from app.subscriptions import SUBSCRIPTIONS
-from app.values import Address, Line
+from app.domain.events import FAILURE_EVENTS, REGISTRY, Envelope, OrderPlaced, UnreadableEvent
+from app.domain.subscriptions import SUBSCRIPTIONS
+from app.domain.values import Address, Line
 
 TOPICS = {
     "orders.order.placed",

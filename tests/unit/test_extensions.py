@@ -11,11 +11,13 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import MetaData, select
 
-from app import analytics, eventgraph
-from app.db import Database, make_engine, standard_tables
-from app.events import Envelope, OrderCancelled, OrderCompleted, PaymentDeclined
+from app import analytics
+
+from app.operations import eventgraph
+from app.persistence.db import Database, make_engine, standard_tables
+from app.domain.events import Envelope, OrderCancelled, OrderCompleted, PaymentDeclined
 from app.extensions import Extension, ExtensionError, NotSubscribed, load, load_all, with_extensions
-from app.subscriptions import MODES, subscriptions
+from app.domain.subscriptions import MODES, subscriptions
 from config.celery import celery_config, dead_letter_queues
 from config.settings import SERVICES, Settings
 from tests.support import notifications

@@ -1,4 +1,4 @@
-"""``python -m app.flower`` refuses to start without what keeps Flower closed, and puts
+"""``python -m app.operations.flower`` refuses to start without what keeps Flower closed, and puts
 Flower's ``/metrics`` behind its basic auth. (Flower running for real: tests/brokers.)"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flower import urls
 from flower.views.monitor import Healthcheck, Metrics
 from pydantic import ValidationError
 
-from app.flower import METRICS_ROUTE, AuthenticatedMetrics, protect_metrics
+from app.operations.flower import METRICS_ROUTE, AuthenticatedMetrics, protect_metrics
 from config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ NO_REDIS = "redis://127.0.0.1:1/0"
 def run_flower(**variables: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHECKOUT_", "FLOWER_"))}
     return subprocess.run(
-        [sys.executable, "-m", "app.flower"],
+        [sys.executable, "-m", "app.operations.flower"],
         cwd=ROOT,
         env=env | variables,
         capture_output=True,

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from app.errors import StepFailed
-from app.logs import quiet_expected_failures
+from app.domain.errors import StepFailed
+from app.operations.logs import quiet_expected_failures
 
 
 def log_chord_failure(exc: Exception, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:

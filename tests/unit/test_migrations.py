@@ -11,9 +11,9 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, inspect
 
-from app import migrations
-from app.db import Database, make_engine
-from app.runtime import SERVICE_MODULES
+from app.persistence import migrations
+from app.persistence.db import Database, make_engine
+from app.bootstrap import SERVICE_MODULES
 from config.settings import SERVICES
 from tests.support.schema import diffs, revisions
 

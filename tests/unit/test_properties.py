@@ -5,7 +5,7 @@
   with a short message naming the field — never another exception;
 * ``place_order`` on the embedded system: an order id, or ``InvalidOrder`` and nothing
   written;
-* every event type's parser (``app.events.REGISTRY``) and the envelope: a model or a
+* every event type's parser (``app.domain.events.REGISTRY``) and the envelope: a model or a
   pydantic ``ValidationError``; an envelope that parses opens to its event, or says why not;
 * every task's parse path (run eagerly): it ran (or the service turned the command down),
   or the message became a dead letter;
@@ -34,11 +34,11 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 import app.api as api
-from app.catalog import CATALOG
-from app.commands import PlaceOrder
-from app.errors import BusinessFailure, InvalidOrder, StepFailed
-from app.events import REGISTRY, Envelope, Event, UnreadableEvent
-from app.runtime import Runtime
+from app.domain.catalog import CATALOG
+from app.domain.commands import PlaceOrder
+from app.domain.errors import BusinessFailure, InvalidOrder, StepFailed
+from app.domain.events import REGISTRY, Envelope, Event, UnreadableEvent
+from app.bootstrap import Runtime
 from app.services.order import orders
 from config.settings import Settings
 from tests.conftest import purge_memory_broker

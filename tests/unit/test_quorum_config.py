@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from app.tasks import _headers
+from app.messaging.tasks import _headers
 from config.celery import celery_config, dead_letter_queues, retry_countdown, service_queues
 from config.settings import SERVICES, Settings
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from app import relay
-from app.bus import Relay
-from app.commands import ReserveInventory
-from app.values import Line
+from app.operations import relay
+from app.persistence.outbox import Relay
+from app.domain.commands import ReserveInventory
+from app.domain.values import Line
 from config.settings import Settings
 from tests.conftest import Services
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from app.api import validate_order
-from app.commands import (
+from app.domain.commands import (
     AuthorizePayment,
     CancelOrder,
     CapturePayment,
@@ -19,10 +19,10 @@ from app.commands import (
     ScheduleShipment,
     VoidPayment,
 )
-from app.events import Envelope, InventoryReserved, PaymentCaptured, PaymentDeclined, PaymentFailed
-from app.replay import ReplayError, Selection, check, plan_replay, rebuild_orders, rebuilt, send
+from app.domain.events import Envelope, InventoryReserved, PaymentCaptured, PaymentDeclined, PaymentFailed
+from app.operations.replay import ReplayError, Selection, check, plan_replay, rebuild_orders, rebuilt, send
 from app.services.order import OrderFacts, fold, orders
-from app.values import Line
+from app.domain.values import Line
 from tests.conftest import Services
 
 pytestmark = pytest.mark.timeout(60)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.saga import CHECKOUT, Compensation, Saga, Step
+from app.domain.saga import CHECKOUT, Compensation, Saga, Step
 
 
 def names(comps: tuple[Compensation, ...]) -> list[str]:

@@ -1,7 +1,7 @@
 """Security at the edges, without a broker: JSON-only accept lists, message signing,
 credentials from the environment only, and the message size limit.
 
-The consumer is the worker's real one (``app.consumer.CheckoutConsumer``), fed kombu
+The consumer is the worker's real one (``app.messaging.consumer.CheckoutConsumer``), fed kombu
 messages by :class:`tests.support.consumer.ConsumerProbe`; the same checks against real
 worker processes on Redis and RabbitMQ are in ``tests/brokers/test_security.py``.
 """
@@ -24,11 +24,11 @@ from celery.security.key import PrivateKey
 from celery.security.serialization import SecureSerializer
 from pydantic import SecretStr, ValidationError
 
-from app.consumer import FORGED, OVERSIZE_KEPT_BYTES
-from app.deadletters import DEAD
-from app.dlq import DeadLetterOps
-from app.flower import monitor_app
-from app.runtime import Runtime
+from app.messaging.consumer import FORGED, OVERSIZE_KEPT_BYTES
+from app.persistence.deadletters import DEAD
+from app.operations.dlq import DeadLetterOps
+from app.operations.flower import monitor_app
+from app.bootstrap import Runtime
 from config.celery import celery_config
 from config.settings import Settings, load_settings, redact_url
 from tests.conftest import purge_memory_broker
@@ -408,8 +408,8 @@ def test_the_largest_saga_message_fits_the_default_size_limit_signed(signed_sett
     default, signed (the signature adds a third: the body is base64 inside)."""
     from kombu.transport import memory
 
-    from app.canvas import build_saga
-    from app.commands import AuthorizePayment, CapturePayment, CompleteOrder, ReserveInventory, ScheduleShipment
+    from app.messaging.canvas import build_saga
+    from app.domain.commands import AuthorizePayment, CapturePayment, CompleteOrder, ReserveInventory, ScheduleShipment
 
     purge_memory_broker()
     rt = Runtime(signed_settings)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.adapters.fake_gateway import ledger
-from app.commands import (
+from app.domain.commands import (
     AuthorizePayment,
     CancelOrder,
     CancelShipment,
@@ -19,12 +19,12 @@ from app.commands import (
     ScheduleShipment,
     VoidPayment,
 )
-from app.errors import InvalidOrder, TransientFailure
-from app.events import Envelope
+from app.domain.errors import InvalidOrder, TransientFailure
+from app.domain.events import Envelope
 from app.api import validate_order
 from app.services.payment import payment_rows
 from app.services.shipping import shipment_rows
-from app.values import Address, Line
+from app.domain.values import Address, Line
 from tests.conftest import Services
 
 OID = "order-1"
@@ -83,7 +83,7 @@ def test_release_before_reserve_is_noop_and_prevents_the_late_reserve(services: 
 
 
 def test_completed_order_commits_reserved_stock_once(services: Services) -> None:
-    from app.events import OrderCompleted
+    from app.domain.events import OrderCompleted
 
     services.inventory.reserve(ReserveInventory(order_id=OID, lines=LINES))
     env = Envelope.wrap(OrderCompleted(order_id=OID, total_cents=1, currency="EUR"))
@@ -94,7 +94,7 @@ def test_completed_order_commits_reserved_stock_once(services: Services) -> None
 
 
 def test_cancelled_order_releases_if_not_already(services: Services) -> None:
-    from app.events import OrderCancelled
+    from app.domain.events import OrderCancelled
 
     services.inventory.reserve(ReserveInventory(order_id=OID, lines=LINES))
     env = Envelope.wrap(OrderCancelled(order_id=OID, reason="card_declined"))
@@ -270,7 +270,7 @@ def test_complete_is_idempotent(services: Services) -> None:
 
 
 def _failure(order_id: str) -> Envelope:
-    from app.events import PaymentDeclined
+    from app.domain.events import PaymentDeclined
 
     return Envelope.wrap(PaymentDeclined(order_id=order_id, reason="card_declined"))
 
@@ -306,7 +306,7 @@ def test_cancel_needs_both_the_reason_and_the_compensations(services: Services, 
 def test_a_reported_failure_is_compensated_only_when_borne_out(services: Services) -> None:
     """An error callback alone is not proof: the step may have succeeded (Celery reports a
     step failed when the broker is away as its next message is published)."""
-    from app.events import InventoryReserved, PaymentAuthorized
+    from app.domain.events import InventoryReserved, PaymentAuthorized
     from app.services.order import CONFIRMED, CONTRADICTED, UNCONFIRMED
 
     def review(order_id: str, step: str, reason: str | None = None) -> str:
@@ -344,7 +344,7 @@ def _overdue(svc: Services, order_id: str, age_seconds: float) -> None:
 
     from sqlalchemy import update
 
-    from app.db import utcnow
+    from app.persistence.db import utcnow
     from app.services.order import orders
 
     now = utcnow()
@@ -372,7 +372,7 @@ def test_a_saga_within_its_deadline_is_left_alone(services: Services) -> None:
 def test_an_overdue_saga_resumes_after_its_done_steps(services: Services) -> None:
     from datetime import timedelta
 
-    from app.events import InventoryReserved
+    from app.domain.events import InventoryReserved
 
     order_id = place(services)
     services.order.record(Envelope.wrap(InventoryReserved(order_id=order_id, lines=(Line(sku="MUG-01", qty=2),))))

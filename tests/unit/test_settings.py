@@ -11,7 +11,7 @@ import pytest
 from celery.exceptions import ImproperlyConfigured
 from pydantic import ValidationError
 
-from app.canvas import check_canvas_settings
+from app.messaging.canvas import check_canvas_settings
 from config.celery import celery_config
 from config.settings import Settings
 

@@ -17,8 +17,8 @@ import pytest
 
 from celery.exceptions import Reject
 
-from app.errors import StepFailed
-from app.runtime import Runtime
+from app.domain.errors import StepFailed
+from app.bootstrap import Runtime
 from config.settings import Settings
 from tests.conftest import purge_memory_broker
 
@@ -120,7 +120,7 @@ def test_a_bug_is_not_retried_and_its_message_is_kept_as_a_dead_letter(
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    from app.tasks import backoff
+    from app.messaging.tasks import backoff
 
     delays = [backoff(n, 0.1, 1.0) for n in range(8)]
     for n, delay in enumerate(delays):
@@ -130,7 +130,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_an_error_callback_compensates_only_once_a_failure_event_confirms_it(rt: Runtime) -> None:
     from app.api import validate_order
-    from app.events import Envelope, InventoryReserved, PaymentDeclined
+    from app.domain.events import Envelope, InventoryReserved, PaymentDeclined
     from app.services.order import orders
 
     order_id, _ = rt.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
@@ -160,8 +160,8 @@ def test_an_event_consumer_reads_newer_metadata_but_dead_letters_what_it_cannot_
     does not fit its type's registered version, or a version this code does not know, is
     kept as a dead letter (with its order, for `dlq redrive --order`) and has no effect."""
     from app.api import validate_order
-    from app.events import Envelope, InventoryReserved
-    from app.values import Line
+    from app.domain.events import Envelope, InventoryReserved
+    from app.domain.values import Line
 
     order_id, _ = rt.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
     record = rt.celery.tasks["order.record"]

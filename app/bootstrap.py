@@ -1,0 +1,205 @@
+"""The composition root: engines, adapters, services and Celery apps, built per process.
+
+Nothing connects at import time. A worker entry point (``workers/<service>.py``) calls
+:func:`worker_app`; the Python API builds a :class:`Runtime` on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Any
+
+from amqp.exceptions import PreconditionFailed
+from celery import Celery, signals
+from sqlalchemy import Engine
+
+from app.adapters.fake_carrier import FakeCarrier
+from app.domain.admission import Admission, Limits
+from app.adapters.fake_gateway import FakePaymentGateway
+from app.persistence.outbox import Relay, outbox_sweeper
+from app.messaging.canvas import check_canvas_settings
+from app.domain.catalog import CATALOG
+from app.persistence.db import Database, make_engine
+from app.persistence.deadletters import DeadLetterStore
+from app.extensions import Extension, load_all, with_extensions
+from app.messaging import signing, telemetry
+from app.operations.logs import quiet_expected_failures
+from app.domain.saga import CHECKOUT
+from app.services import inventory, order, payment, shipping
+from app.services.inventory import InventoryService
+from app.services.order import OrderService
+from app.services.payment import PaymentService
+from app.services.shipping import ShippingService
+from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
+from app.messaging.tasks import CeleryPublisher, register_tasks
+from config.celery import celery_config, dead_letter_queues
+from config.settings import SERVICES, Settings, load_settings
+
+log = logging.getLogger("checkout")
+
+SERVICE_MODULES: dict[str, ModuleType] = {
+    "order": order,
+    "inventory": inventory,
+    "payment": payment,
+    "shipping": shipping,
+}
+
+
+class Runtime:
+    """Everything one process needs, wired once."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.engines: dict[str, Engine] = {}  # one per database URL, shared by whoever uses it
+        self.databases: dict[str, Database] = {}
+        for service in SERVICES:
+            module = SERVICE_MODULES[service]
+            self.databases[service] = Database(service, self._engine(service), module.metadata, module.tables)
+        #: consumers added by CHECKOUT_EXTENSIONS, each with a database of its own tables
+        self.extensions: dict[str, Extension] = load_all(self.settings.extension_targets)
+        for name, ext in self.extensions.items():
+            self.databases[name] = Database(name, self._engine(name), ext.metadata, ext.tables, migrated=ext.migrated)
+        self.saga = CHECKOUT
+        self.dead_letters = DeadLetterStore(self.databases)
+        self.gateway = FakePaymentGateway(self.databases["payment"].engine)
+        self.carrier = FakeCarrier()
+        self.choreography = self.settings.saga_mode == CHOREOGRAPHY
+        self.order = OrderService(
+            self.databases["order"],
+            deadline_seconds=self.settings.saga_deadline_seconds,
+            choreography=self.choreography,
+        )
+        self.inventory = InventoryService(self.databases["inventory"])
+        self.payment = PaymentService(self.databases["payment"], self.gateway)
+        self.shipping = ShippingService(self.databases["shipping"], self.carrier)
+        self.admission = Admission(
+            lambda: self.order.load(self.settings.admission_window_seconds),
+            Limits(
+                target_seconds=self.settings.admission_target_seconds,
+                min_in_flight=self.settings.admission_min_in_flight,
+                max_in_flight=self.settings.admission_max_in_flight,
+                refresh_seconds=self.settings.admission_refresh_seconds,
+            ),
+            self.order.count_refusals,
+        )
+        self.celery = self.make_celery()
+        self.subscriptions = with_extensions(subscriptions(self.settings.saga_mode), self.extensions.values())
+        self.relay = Relay(self.databases, CeleryPublisher(self.celery), self.consumers_of)
+        for db in self.databases.values():
+            db.after_commit(self.relay.publish)
+
+    def _engine(self, owner: str) -> Engine:
+        url = self.settings.database_url_for(owner)
+        if url not in self.engines:
+            self.engines[url] = make_engine(url)
+        return self.engines[url]
+
+    def consumers_of(self, event_type: str) -> tuple[str, ...]:
+        """The tasks an event is delivered to, in this system's saga mode (extensions' too)."""
+        return self.subscriptions.get(event_type, ())
+
+    def make_celery(self, name: str = "checkout") -> Celery:
+        """A Celery app configured for this system, with every task registered."""
+        app = Celery(name, set_as_current=False)
+        app.conf.update(celery_config(self.settings))
+        signing.install(app, self.settings)
+        app.checkout_runtime = self  # for the worker's consumer (app/messaging/consumer.py)
+        telemetry.install(self.settings.log_format)
+        check_canvas_settings(app.conf)
+        register_tasks(app, self)
+        return app
+
+    def prepare(self, services: tuple[str, ...] | None = None) -> None:
+        """Create the services' (and extensions') tables if missing and seed the catalog and
+        stock (all of them by default)."""
+        services = self.settings.queues if services is None else services
+        for service in services:
+            self.databases[service].create_schema()
+        if "order" in services:
+            self.order.seed()
+        if "inventory" in services:
+            self.inventory.seed({p.sku: p.initial_stock for p in CATALOG})
+        if "payment" in services:
+            self.gateway.create_schema()
+
+    def declare_queues(self) -> None:
+        """Declare the exchanges and every service queue — and, on RabbitMQ, the dead-letter
+        exchange and the ``<service>.dlq`` queues, which Celery never declares itself (without
+        them the broker silently drops dead letters)."""
+        queues = list(self.celery.amqp.queues.values())
+        if self.settings.broker_kind == "amqp":
+            queues += dead_letter_queues(self.settings.rabbitmq_queue_type, self.settings.queues)
+        with self.celery.connection_for_write() as conn:
+            for queue in queues:
+                try:
+                    queue(conn.default_channel).declare()
+                except PreconditionFailed as exc:
+                    # RabbitMQ never changes a queue's arguments in place (its type, its delivery limit)
+                    raise RuntimeError(
+                        f"queue {queue.name} exists on the broker with other arguments ({exc.reply_text}): set "
+                        "CHECKOUT_RABBITMQ_QUEUE_TYPE and CHECKOUT_RABBITMQ_DELIVERY_LIMIT as it was declared, or "
+                        "drain and delete it first (README: RabbitMQ quorum queues)"
+                    ) from exc
+
+    def after_fork(self) -> None:
+        """In a forked worker child: drop connections inherited from the parent."""
+        for engine in self.engines.values():
+            engine.dispose(close=False)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+
+
+def worker_app(service: str, settings: Settings | None = None) -> Celery:
+    """The Celery app of one service's worker process (``celery -A workers.<service> worker``).
+
+    It consumes its own queue by default, prepares its tables when the worker starts,
+    sweeps its outbox periodically (unless CHECKOUT_WORKER_OUTBOX_SWEEP=false: the relay process
+    does), and reopens database connections in each pool child.
+    """
+    settings = settings if settings is not None else load_settings()
+    if service not in settings.queues:
+        extension = " (an extension: add it to CHECKOUT_EXTENSIONS)" if service not in SERVICES else ""
+        raise ValueError(f"unknown service {service!r}{extension}; choose one of {', '.join(settings.queues)}")
+    rt = Runtime(settings)
+    app = rt.celery
+    app.amqp.queues.select([service])
+    quiet_expected_failures()
+    sweeper: dict[str, Any] = {}
+
+    @signals.worker_init.connect(weak=False)
+    def _prepare(**_: Any) -> None:
+        # Messages are acknowledged late, which is only safe with the idempotency store (the
+        # service's steps and inbox tables): without it, or without its queues, no start.
+        # (Celery logs and ignores an Exception from a signal handler; SystemExit stops it.)
+        try:
+            rt.prepare((service,))
+            rt.declare_queues()
+        except Exception as exc:
+            raise SystemExit(
+                f"{service} worker not started: its database or broker is not ready ({exc}). "
+                "Check CHECKOUT_DATABASE_URL / CHECKOUT_BROKER_URL and that the server is up."
+            ) from exc
+
+    @signals.worker_process_init.connect(weak=False)
+    def _child(**_: Any) -> None:
+        rt.after_fork()
+
+    @signals.worker_ready.connect(weak=False)
+    def _start_sweeper(**_: Any) -> None:
+        settings = rt.settings
+        if not settings.worker_outbox_sweep or service not in SERVICES:  # the relay sweeps; an extension emits none
+            return
+        sweeper["thread"] = outbox_sweeper(
+            rt.relay, (service,), settings.outbox_sweep_seconds, settings.outbox_grace_seconds
+        )
+        sweeper["thread"].start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _stop_sweeper(**_: Any) -> None:
+        if "thread" in sweeper:
+            sweeper["thread"].stop()
+
+    return app

@@ -1,0 +1,48 @@
+"""Ports to the external systems the services call. Adapters live in ``app/adapters``.
+
+Both ports promise idempotency by ``idempotency_key``: calling twice with the same key
+has the effect of calling once and returns the same result (as Stripe's idempotency keys
+do). That is what lets a step be retried or redelivered safely.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from app.domain.values import Address, Line
+
+
+class PaymentGateway(ABC):
+    """Authorizes, captures, voids and refunds card payments.
+
+    Raises :class:`app.domain.errors.BusinessFailure` for a decline (never retried) and
+    :class:`app.domain.errors.TransientFailure` when the gateway cannot be reached (retried).
+    """
+
+    @abstractmethod
+    def authorize(self, token: str, amount_cents: int, currency: str, *, idempotency_key: str, reference: str) -> str:
+        """Hold the amount on the card; returns the authorization reference."""
+
+    @abstractmethod
+    def capture(self, auth_ref: str, amount_cents: int, *, idempotency_key: str, reference: str) -> str:
+        """Take the held amount; returns the capture reference."""
+
+    @abstractmethod
+    def void(self, auth_ref: str, *, idempotency_key: str, reference: str) -> None:
+        """Release an authorization that was not captured."""
+
+    @abstractmethod
+    def refund(self, capture_ref: str, amount_cents: int, *, idempotency_key: str, reference: str) -> None:
+        """Give a captured amount back."""
+
+
+class Carrier(ABC):
+    """Books and cancels shipments. Raises BusinessFailure where it does not deliver."""
+
+    @abstractmethod
+    def schedule(self, address: Address, lines: tuple[Line, ...], *, idempotency_key: str) -> str:
+        """Book a pickup; returns the tracking reference."""
+
+    @abstractmethod
+    def cancel(self, tracking_ref: str, *, idempotency_key: str) -> None:
+        """Cancel a booked shipment."""

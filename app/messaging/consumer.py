@@ -1,0 +1,235 @@
+"""The worker's message consumer: malformed messages become dead letters, not losses.
+
+Celery acknowledges (drops) a message it cannot decode, and rejects one that names no
+known task or is not a task message — on Redis that deletes it. This consumer first
+records each such message in the dead-letter store (with why), then rejects it without
+requeueing: RabbitMQ routes it to ``<queue>.dlq``; the worker carries on with the next.
+
+Before Celery reads a message, this consumer also refuses — the same way — one whose body
+is larger than ``CHECKOUT_MAX_MESSAGE_BYTES`` (unread; only its first bytes are kept), and
+one whose task headers or body do not have the shape of a task message of protocol 2
+(Celery would raise on such a message inside its consumer instead of rejecting it). With
+signing on (``app/messaging/signing.py``) a message that is not signed, or whose signature does not
+verify against the trusted certificates, is dead-lettered as forged or unsigned.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import SecurityError
+from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
+from kombu.message import Message
+from vine import promise
+
+from config.settings import SERVICES
+
+log = logging.getLogger("checkout.consumer")
+
+
+#: Of a message over the size limit, the bytes kept in its dead letter (enough to see what it is).
+OVERSIZE_KEPT_BYTES = 4096
+
+#: Reason prefix of a message refused by signature checking.
+FORGED = "forged or unsigned message"
+
+#: Longest task id accepted (Celery's are UUIDs; the saga's ``<order id>.<step>``).
+MAX_TASK_ID = 128
+
+#: What protocol 2 embeds in a task message's body besides the arguments.
+EMBED_LISTS = ("callbacks", "errbacks", "chain")
+
+
+def body_bytes(message: Message) -> bytes:
+    body = message.body
+    return body if isinstance(body, bytes) else str(body).encode()
+
+
+def raw_message(message: Message, keep: int | None = None) -> dict[str, Any]:
+    """Everything needed to publish the message again, as JSON — or, with ``keep``, only the
+    body's first ``keep`` bytes (marked ``truncated``: such a message cannot be sent again)."""
+    body = body_bytes(message)
+    raw = {
+        "kind": "raw",
+        "body": base64.b64encode(body if keep is None else body[:keep]).decode(),
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "headers": _jsonable(_headers(message)),
+        "properties": _jsonable({k: v for k, v in (message.properties or {}).items() if k != "delivery_info"}),
+        "routing_key": (message.delivery_info or {}).get("routing_key"),
+    }
+    if keep is not None and len(body) > keep:
+        raw |= {"truncated": True, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    return raw
+
+
+def _headers(message: Message) -> dict[str, Any]:
+    headers = message.headers
+    return headers if isinstance(headers, dict) else {}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return f"<int of {value.bit_length()} bits>"  # no JSON column takes it (nor can it be printed)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def message_key(message: Message) -> str:
+    task_id = _headers(message).get("id")
+    if isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_ID:
+        return task_id
+    return "sha256:" + hashlib.sha256(body_bytes(message)).hexdigest()
+
+
+def security_failure(exc: BaseException, signing: bool) -> str | None:
+    """The reason to give when ``exc`` means the message failed signature checking."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, SecurityError):
+            return f"{FORGED}: {current}"
+        if signing and isinstance(current, ContentDisallowed):
+            return f"{FORGED}: not signed ({current})"
+        todo.extend([*current.args, current.__cause__, current.__context__])
+    return None
+
+
+def shape_problem(message: Message, tasks: Any) -> str | None:
+    """What is wrong with a message that names a task (Celery protocol 2), or None.
+
+    Celery unpacks these fields without checking them, inside its consumer: a message
+    that got them wrong would raise there, never be rejected, and come back for ever."""
+    headers = _headers(message)
+    name, task_id = headers.get("task"), headers.get("id")
+    if not isinstance(name, str):
+        return "its task header is not a string"
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID:
+        return f"its id header is not a string of 1 to {MAX_TASK_ID} characters"
+    task = tasks.get(name)
+    if task is None:
+        return None  # an unknown task: Celery's own check names it
+    payload = message.payload  # decoded (and its signature checked) once; Celery reuses it
+    if not (isinstance(payload, (list, tuple)) and len(payload) == 3):
+        return "the body is not [args, kwargs, embed]"
+    args, kwargs, embed = payload
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        return "the body's args are not a list or its kwargs not an object"
+    if embed is not None:
+        if not isinstance(embed, dict):
+            return "the body's embed is not an object"
+        for key in EMBED_LISTS:
+            value = embed.get(key)
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+                return f"the body's {key} is not a list of signatures"
+        if embed.get("chord") is not None and not isinstance(embed["chord"], dict):
+            return "the body's chord is not a signature"
+    check = getattr(task, "__header__", None)
+    if check is not None:
+        try:
+            check(*args, **kwargs)
+        except TypeError as exc:
+            return f"its arguments do not fit {name}: {exc}"
+    return None
+
+
+class CheckoutConsumer(Consumer):  # type: ignore[misc]
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
+        """Celery's handler of each delivered message, behind the size and shape checks."""
+        handle = super().create_task_handler(promise)
+        rt = getattr(self.app, "checkout_runtime", None)
+        limit = rt.settings.max_message_bytes if rt is not None else None
+
+        def on_task_received(message: Message) -> None:
+            if limit is not None and len(body_bytes(message)) > limit:
+                size = len(body_bytes(message))
+                reason = f"message too large: {size} bytes, over CHECKOUT_MAX_MESSAGE_BYTES={limit}"
+                self._dead_letter(message, reason, None, keep=OVERSIZE_KEPT_BYTES)
+                message.reject(requeue=False)
+                return
+            try:
+                problem = shape_problem(message, self.app.messaging.tasks) if "task" in _headers(message) else None
+            except Exception:  # undecodable, or refused: Celery's own path dead-letters it below
+                problem = None
+            if problem is not None:
+                self._dead_letter(message, f"invalid task message: {problem}", None)
+                message.reject(requeue=False)
+                return
+            try:
+                handle(message)
+            except (*self.connection_errors, *self.channel_errors):
+                raise  # the broker went away: Celery reconnects, the message comes back
+            except Exception as exc:  # anything else is the message's fault; never the worker's end
+                log.exception("could not handle a message")
+                if not message.acknowledged:
+                    self._dead_letter(message, f"unreadable task message: {exc!r}", exc)
+                    message.reject(requeue=False)
+
+        return on_task_received
+
+    def _dead_letter(self, message: Message, reason: str, error: BaseException | None, keep: int | None = None) -> None:
+        rt = getattr(self.app, "checkout_runtime", None)
+        routing_key = str((message.delivery_info or {}).get("routing_key") or "")
+        service = routing_key.split(".", 1)[0]
+        known = tuple(rt.databases) if rt is not None else SERVICES  # the services', and extensions'
+        if service not in known:
+            consumed = [q.name for q in self.app.amqp.queues.consume_from.values()]
+            service = next((q for q in consumed if q in known), "order")
+        headers = _headers(message)
+        task = headers.get("task")
+        key = message_key(message)
+        if rt is not None:
+            try:
+                rt.dead_letters.record(
+                    service,
+                    message_key=key,
+                    queue=service,
+                    task=task[:128] if isinstance(task, str) else None,
+                    order_id=None,
+                    reason=reason,
+                    error=repr(error) if error is not None else reason,
+                    traceback="",
+                    attempts=1,
+                    message=raw_message(message, keep),
+                    merge=not key.startswith("sha256:"),  # identical bodies without an id are separate messages
+                )
+            except Exception:  # the message still goes to the broker's DLQ (RabbitMQ)
+                log.exception("could not record a malformed message of queue %s", service)
+        log.warning("dead-lettered a malformed message on %s: %s", service, reason)
+
+    def _signing(self) -> bool:
+        rt = getattr(self.app, "checkout_runtime", None)
+        return rt is not None and rt.settings.signing == "on"
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        reason = security_failure(exc, self._signing()) or f"undecodable message: {exc}"
+        self._dead_letter(message, reason, exc)
+        message.reject(requeue=False)
+
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        self._dead_letter(message, "not a task message", None)
+        message.reject(requeue=False)
+
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        name = (message.headers or {}).get("task")
+        self._dead_letter(message, f"unknown task {name!r}", exc)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        reason = security_failure(exc, self._signing()) or f"invalid task message: {exc}"
+        self._dead_letter(message, reason, exc)
+        super().on_invalid_task(body, message, exc)

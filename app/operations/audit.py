@@ -1,0 +1,196 @@
+"""The auditor: checks the invariants of the design (§6) over the services' databases.
+
+It is an operator's tool, so unlike a service it reads every service's tables (and the
+fake gateway's ledger, the "bank's" own books). Run it when no saga is in flight; with
+``settle`` it re-checks until clean or until the time is up, for runs that just ended.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from app.adapters.fake_gateway import ledger
+from app.domain.catalog import CATALOG
+from app.persistence.deadletters import DEAD
+from app.services.inventory import reservation_rows
+from app.services.order import TERMINAL, order_rows, timeline
+from app.services.payment import payment_rows
+from app.services.shipping import shipment_rows
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.bootstrap import Runtime
+
+
+@dataclass
+class Report:
+    orders: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    events: int = 0
+    dead_letters: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.statuses.items())) or "no orders"
+        if self.clean:
+            return (
+                f"clean: {self.orders} orders ({counts}), {self.events} events, "
+                f"{self.dead_letters} dead letters accounted for, 0 violations"
+            )
+        return f"{len(self.violations)} violation(s) over {self.orders} orders ({counts})"
+
+
+def audit(rt: Runtime, settle: float = 0.0) -> Report:
+    """Check every invariant; with ``settle`` > 0, retry until clean or time is up."""
+    deadline = time.monotonic() + settle
+    while True:
+        report = _audit_once(rt)
+        if report.clean or time.monotonic() >= deadline:
+            return report
+        time.sleep(0.2)
+
+
+def _audit_once(rt: Runtime) -> Report:
+    report = Report()
+    bad = report.violations
+    orders = {o["order_id"]: o for o in order_rows(rt.databases["order"])}
+    reservations = {r["order_id"]: r for r in reservation_rows(rt.databases["inventory"])}
+    payments = {p["order_id"]: p for p in payment_rows(rt.databases["payment"])}
+    shipments = {s["order_id"]: s for s in shipment_rows(rt.databases["shipping"])}
+    report.orders = len(orders)
+    report.statuses = Counter(o["status"] for o in orders.values())
+
+    # 1. every order is terminal
+    for oid, order in orders.items():
+        if order["status"] not in TERMINAL:
+            why = f": {order['attention']}" if order.get("attention") else ""
+            bad.append(f"order {oid}: {order['status']} (saga state {order['saga_state']}){why}, not finished")
+
+    # 2. stock is conserved per SKU
+    _check_stock(rt, reservations, bad)
+
+    # 3 and 4. money per order, and what each outcome implies
+    for oid, order in orders.items():
+        _check_order(oid, order, reservations.get(oid), payments.get(oid), shipments.get(oid), bad)
+    for oid in set(payments) | set(reservations) | set(shipments):
+        if oid not in orders:
+            bad.append(f"order {oid}: has payment/stock/shipment records but no order")
+    _check_gateway(rt, orders, bad)
+
+    # 5. every event id appears once across all logs; every event was published and
+    #    reached its order's timeline
+    in_timeline = set(rt.databases["order"].query(lambda c: c.execute(select(timeline.c.event_id)).scalars().all()))
+    seen: Counter[str] = Counter()
+    for service, db in rt.databases.items():
+        missing = 0
+        for env in db.log():
+            seen[env.event_id] += 1
+            if env.key in orders and env.event_id not in in_timeline:
+                missing += 1
+        if missing:
+            bad.append(f"{service}: {missing} event(s) not (yet) in their order's timeline")
+        unpublished = db.unpublished(older_than_seconds=0)
+        if unpublished:
+            bad.append(f"{service}: {len(unpublished)} event(s) committed but not yet published")
+    report.events = sum(seen.values())
+
+    # ... and every dead letter is accounted for: its order's saga still finished
+    for letter in rt.dead_letters.find(status=DEAD):
+        if letter.order_id in orders and orders[letter.order_id]["status"] not in TERMINAL:
+            bad.append(
+                f"dead letter {letter.id[:8]} ({letter.task}, {letter.reason}) holds up order {letter.order_id}: "
+                "redrive it, or compensate the order (python -m app dlq redrive --order ID [--compensate])"
+            )
+    report.dead_letters = len(rt.dead_letters.find(status=DEAD))
+    for event_id, count in seen.items():
+        if count > 1:
+            bad.append(f"event {event_id} appears {count} times in the logs")
+    return report
+
+
+def _check_stock(rt: Runtime, reservations: dict[str, dict[str, Any]], bad: list[str]) -> None:
+    held: dict[str, Counter[str]] = defaultdict(Counter)
+    for res in reservations.values():
+        for line in res["lines"]:
+            held[res["status"]][line["sku"]] += line["qty"]
+    seeded = {p.sku: p.initial_stock for p in CATALOG}
+    for sku, level in rt.inventory.levels().items():
+        total = level.available + level.reserved + level.committed
+        if total != level.initial:
+            bad.append(
+                f"stock {sku}: initial {level.initial} != available {level.available} + reserved "
+                f"{level.reserved} + committed {level.committed} ({total})"
+            )
+        for name in ("available", "reserved", "committed"):
+            if getattr(level, name) < 0:
+                bad.append(f"stock {sku}: {name} is negative ({getattr(level, name)})")
+        if level.reserved != held["RESERVED"][sku]:
+            bad.append(f"stock {sku}: reserved {level.reserved} but open reservations hold {held['RESERVED'][sku]}")
+        if level.committed != held["COMMITTED"][sku]:
+            bad.append(f"stock {sku}: committed {level.committed} but completed orders took {held['COMMITTED'][sku]}")
+        if sku in seeded and level.initial != seeded[sku]:
+            bad.append(f"stock {sku}: initial {level.initial} differs from the catalog's {seeded[sku]}")
+
+
+def _check_order(
+    oid: str,
+    order: dict[str, Any],
+    reservation: dict[str, Any] | None,
+    payment: dict[str, Any] | None,
+    shipment: dict[str, Any] | None,
+    bad: list[str],
+) -> None:
+    status = order["status"]
+    net = 0 if payment is None else payment["captured_cents"] - payment["refunded_cents"]
+    if payment is not None and payment["status"] == "AUTHORIZED" and status in TERMINAL:
+        bad.append(f"order {oid}: payment authorized but neither captured nor voided")
+    if status == "COMPLETED":
+        if net != order["total_cents"]:
+            bad.append(f"order {oid}: COMPLETED but captured - refunded = {net}, total is {order['total_cents']}")
+        if reservation is None or reservation["status"] != "COMMITTED":
+            bad.append(f"order {oid}: COMPLETED but stock is {_state(reservation)}, not committed")
+        if payment is None or payment["status"] != "CAPTURED":
+            bad.append(f"order {oid}: COMPLETED but payment is {_state(payment)}, not captured")
+        if shipment is None or shipment["status"] != "SCHEDULED":
+            bad.append(f"order {oid}: COMPLETED but shipment is {_state(shipment)}, not scheduled")
+    elif status == "CANCELLED":
+        if net != 0:
+            bad.append(f"order {oid}: CANCELLED but captured - refunded = {net}")
+        if reservation is not None and reservation["status"] != "RELEASED":
+            bad.append(f"order {oid}: CANCELLED but stock is {reservation['status']}, not released")
+        if payment is not None and payment["status"] not in {"VOIDED", "REFUNDED"}:
+            bad.append(f"order {oid}: CANCELLED but payment is {payment['status']}, not voided or refunded")
+        if shipment is not None and shipment["status"] != "CANCELLED":
+            bad.append(f"order {oid}: CANCELLED but shipment is {shipment['status']}, not cancelled")
+
+
+def _check_gateway(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) -> None:
+    """What the gateway itself did: each operation at most once per order, and every
+    authorization that was not captured was voided."""
+    rows = rt.databases["payment"].query(lambda c: c.execute(select(ledger).where(ledger.c.outcome == "ok")).all())
+    done: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        done[row.reference][row.operation] += 1
+    for oid, ops in done.items():
+        for op in ("authorize", "capture", "void", "refund"):
+            if ops[op] > 1:
+                bad.append(f"order {oid}: gateway {op} happened {ops[op]} times")
+        if ops["authorize"] and not (ops["capture"] or ops["void"]):
+            if oid in orders and orders[oid]["status"] in TERMINAL:
+                bad.append(f"order {oid}: gateway authorization neither captured nor voided")
+        if ops["capture"] and ops["void"]:
+            bad.append(f"order {oid}: gateway both captured and voided")
+
+
+def _state(row: dict[str, Any] | None) -> str:
+    return "missing" if row is None else str(row["status"])

@@ -1,0 +1,168 @@
+"""Operating the dead letters: list, show, redrive, purge — the same on both brokers.
+
+The store (:mod:`app.persistence.deadletters`) holds every dead letter with its message. Redrive
+sends the message again with its retry count reset: a task message through Celery (with
+its canvas options, so a chain resumes where it stopped), a malformed one as it came. On
+RabbitMQ the broker's copy in ``<queue>.dlq`` is taken out at the same time, and purge
+empties those queues too.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kombu import Producer
+
+from app.domain.commands import CompensateOrder
+from app.messaging.consumer import message_key
+from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
+from app.messaging.tasks import FIRST_FAILURE
+from config.celery import EXCHANGE, dead_letter_queue_name, dead_letter_queues
+
+if TYPE_CHECKING:
+    from app.bootstrap import Runtime
+
+RESOLVED = "RESOLVED"
+
+#: The cancellation reason of an order an operator compensated from the dead letters.
+OPERATOR_REASON = "operator_compensated"
+
+
+@dataclass(frozen=True)
+class Redriven:
+    letter: DeadLetter
+    removed_from_broker: bool
+
+
+class DeadLetterOps:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.store = rt.dead_letters
+
+    def letters(self, *, include_done: bool = False, order_id: str | None = None) -> list[DeadLetter]:
+        return self.store.find(status=None if include_done else DEAD, order_id=order_id)
+
+    def show(self, letter_id: str) -> DeadLetter:
+        return self.store.get(letter_id)
+
+    def redrive(self, letter_id: str) -> Redriven:
+        """Send one dead letter again, retries reset."""
+        letter = self.store.get(letter_id)
+        if letter.message.get("truncated"):
+            raise ValueError(
+                f"dead letter {letter.id} kept only the first bytes of a {letter.message.get('size')}-byte message "
+                "(over CHECKOUT_MAX_MESSAGE_BYTES); it cannot be sent again: purge it"
+            )
+        # Mark it first: if the message dies again at once, that is a new dead letter,
+        # not an update of this one.
+        if not self.store.set_status(letter, REDRIVEN, only_if=DEAD):
+            status = self.store.get(letter.id).status
+            raise ValueError(f"dead letter {letter.id} is {status}, not DEAD; nothing to redrive")
+        removed = self._take_from_broker(letter)
+        try:
+            self._send(letter)
+        except Exception:
+            self.store.set_status(letter, DEAD)  # still dead: nothing was sent
+            raise
+        return Redriven(letter, removed)
+
+    def redrive_order(self, order_id: str, *, compensate: bool = False) -> list[DeadLetter]:
+        """Redrive every dead letter of an order — or, with ``compensate``, give up on them
+        and compensate the saga instead (every step that may have run is undone)."""
+        letters = self.store.find(status=DEAD, order_id=order_id)
+        if compensate:
+            last_step = self.rt.saga.steps[-1].name
+            body = CompensateOrder(order_id=order_id, failed_step=last_step, reason=OPERATOR_REASON).model_dump(
+                mode="json"
+            )
+            self.rt.celery.send_task(self.rt.saga.compensate_task, args=(body,))
+            for letter in letters:
+                self._take_from_broker(letter)
+                self.store.set_status(letter, RESOLVED)
+            return letters
+        for letter in letters:
+            self.redrive(letter.id)
+        return letters
+
+    def retry_order(self, order_id: str) -> list[DeadLetter]:
+        """An operator retries a parked (NEEDS_ATTENTION) saga: resume it and redrive its
+        dead letters — the compensation chain goes on from the step that gave up."""
+        self.rt.order.resume(order_id)
+        return self.redrive_order(order_id)
+
+    def purge(self, letter_id: str | None = None) -> int:
+        """Drop one dead letter, or all of them (and RabbitMQ's dead-letter queues)."""
+        if letter_id is not None:
+            letter = self.store.get(letter_id)
+            self._take_from_broker(letter)
+            self.store.set_status(letter, PURGED)
+            return 1
+        letters = self.store.find(status=DEAD)
+        for letter in letters:
+            self.store.set_status(letter, PURGED)
+        if self.rt.settings.broker_kind == "amqp":
+            with self.rt.celery.connection_for_write() as conn:
+                for queue in self._dead_letter_queues():
+                    queue(conn.default_channel).purge()
+        return len(letters)
+
+    def broker_depths(self) -> dict[str, int]:
+        """RabbitMQ: messages waiting in each ``<queue>.dlq`` (empty on other brokers)."""
+        if self.rt.settings.broker_kind != "amqp":
+            return {}
+        depths = {}
+        with self.rt.celery.connection_for_write() as conn:
+            for queue in self._dead_letter_queues():
+                _, count, _ = queue(conn.default_channel).queue_declare(passive=True)
+                depths[queue.name] = count
+        return depths
+
+    # --- internals --------------------------------------------------------------------
+
+    def _dead_letter_queues(self) -> list[Any]:
+        """RabbitMQ's ``<queue>.dlq`` of every queue of the system (extensions' too)."""
+        return dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues)
+
+    def _send(self, letter: DeadLetter) -> None:
+        message = letter.message
+        if message.get("kind") == "task":
+            signature = dict(message["signature"])
+            options = dict(signature.get("options") or {})
+            headers = {k: v for k, v in (options.get("headers") or {}).items() if k != FIRST_FAILURE}
+            options.update(retries=0, headers=headers)
+            signature["options"] = options
+            self.rt.celery.signature(signature).apply_async()
+            return
+        with self.rt.celery.connection_for_write() as conn:
+            Producer(conn.default_channel).publish(
+                base64.b64decode(message["body"]),
+                exchange=EXCHANGE,
+                routing_key=message.get("routing_key") or f"{letter.queue}.task",
+                headers=message.get("headers") or {},
+                content_type=message.get("content_type"),
+                content_encoding=message.get("content_encoding"),
+                declare=[EXCHANGE],
+                retry=True,
+            )
+
+    def _take_from_broker(self, letter: DeadLetter) -> bool:
+        """RabbitMQ: remove the letter's message from ``<queue>.dlq`` (others stay, in order)."""
+        if self.rt.settings.broker_kind != "amqp":
+            return False
+        name = dead_letter_queue_name(letter.queue)
+        queue = next(q for q in self._dead_letter_queues() if q.name == name)
+        found = False
+        held: list[Any] = []
+        with self.rt.celery.connection_for_write() as conn:
+            bound = queue(conn.default_channel)
+            while (msg := bound.get(no_ack=False)) is not None:
+                if message_key(msg) == letter.message_key:
+                    msg.ack()
+                    found = True
+                    break
+                held.append(msg)
+            for msg in held:
+                msg.requeue()
+        return found

@@ -1,0 +1,176 @@
+"""The event graph, as data: which task each event is delivered to (the subscription
+table of a saga mode), which events each task may emit, and which tasks a task starts
+itself (orchestration's canvas). ``python -m app events graph`` prints it as Mermaid;
+:func:`problems` names every event type with no consumer and every failure event with no
+path to a compensation (``python -m app events check``, run by the test suite).
+
+Extensions (:mod:`app.extensions`) join the graph as consumers that emit nothing: they can
+add edges, never take one away.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from app.domain.events import FAILURE_EVENTS, REGISTRY
+from app.extensions import Extension, with_extensions
+from app.domain.saga import CHECKOUT, Saga
+from app.domain.subscriptions import CHOREOGRAPHY, ORCHESTRATION, UNDO_OWN_PART, subscriptions
+
+#: What each task may emit (through its service's outbox).
+EMITS: dict[str, tuple[str, ...]] = {
+    # saga steps, whoever starts them
+    "inventory.reserve": ("InventoryReserved", "InventoryReservationFailed"),
+    "payment.authorize": ("PaymentAuthorized", "PaymentDeclined", "PaymentFailed"),
+    "shipping.schedule": ("ShipmentScheduled", "ShipmentFailed"),
+    "payment.capture": ("PaymentCaptured", "PaymentFailed"),
+    "order.complete": ("OrderCompleted",),
+    "inventory.reserve_on_placed": ("InventoryReserved", "InventoryReservationFailed"),
+    "payment.authorize_on_placed": ("PaymentAuthorized", "PaymentDeclined", "PaymentFailed"),
+    "shipping.join": ("ShipmentScheduled", "ShipmentFailed"),
+    "payment.capture_on_scheduled": ("PaymentCaptured", "PaymentFailed"),
+    "order.complete_on_captured": ("OrderCompleted",),
+    # compensations
+    "inventory.release": ("InventoryReleased",),
+    "payment.void": ("PaymentVoided",),
+    "payment.refund": ("PaymentRefunded",),
+    "shipping.cancel": ("ShipmentCancelled",),
+    "inventory.undo": ("InventoryReleased",),
+    "payment.undo": ("PaymentRefunded", "PaymentVoided"),
+    "shipping.undo": ("ShipmentCancelled",),
+    # the order's own moves and the stock's epilogue
+    "order.record": ("OrderCancelled",),
+    "order.cancel": ("OrderCancelled",),
+    "inventory.commit": ("InventoryCommitted",),
+    "inventory.release_on_cancel": ("InventoryReleased",),
+}
+
+#: Tasks that undo a step (the ends a failure event must reach).
+COMPENSATIONS = frozenset(
+    {c.task for c in (s.compensation for s in CHECKOUT.steps) if c is not None}
+    | set(UNDO_OWN_PART)
+    | {"inventory.release_on_cancel"}
+)
+
+
+def starts(mode: str, saga: Saga = CHECKOUT) -> dict[str, tuple[str, ...]]:
+    """Tasks that send other tasks themselves, not through an event: orchestration's
+    canvas (order.start sends the steps; a failing step's error callback, order.compensate,
+    sends the compensations then order.cancel; order.record sends order.compensate once a
+    failure event confirms a reported failure)."""
+    if mode == CHOREOGRAPHY:
+        return {}
+    compensations = tuple(c.task for c in (s.compensation for s in saga.steps) if c is not None)
+    edges: dict[str, tuple[str, ...]] = {
+        "order.start": tuple(s.task for s in saga.steps),
+        saga.compensate_task: (*compensations, saga.cancel_task),
+        "order.record": (saga.compensate_task,),
+    }
+    for step in saga.steps:
+        edges[step.task] = (saga.compensate_task,)
+    return edges
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    kind: str  # "delivered to", "emits", "starts"
+
+
+def _emits(extensions: Iterable[Extension]) -> dict[str, tuple[str, ...]]:
+    return {**EMITS, **{ext.task: () for ext in extensions}}
+
+
+def edges(
+    mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None = None, extensions: Iterable[Extension] = ()
+) -> list[Edge]:
+    """Every edge of the mode's graph (``table``: a subscription table to use instead), with
+    the ``extensions``' subscriptions."""
+    extensions = tuple(extensions)
+    emits = _emits(extensions)
+    table = with_extensions(subscriptions(mode) if table is None else table, extensions)
+    found = [Edge(event, task, "delivered to") for event, tasks in table.items() for task in tasks]
+    started = starts(mode)
+    found += [Edge(task, target, "starts") for task, targets in started.items() for target in targets]
+    tasks = (
+        {e.target for e in found if e.kind == "delivered to"}
+        | set(started)
+        | {t for ts in started.values() for t in ts}
+    )
+    found += [Edge(task, event, "emits") for task in sorted(tasks) for event in emits.get(task, ())]
+    return found
+
+
+def problems(
+    mode: str = ORCHESTRATION, table: Mapping[str, Iterable[str]] | None = None, extensions: Iterable[Extension] = ()
+) -> list[str]:
+    """What is wrong with the graph: an event type nobody consumes, a failure event from
+    which no compensation can be reached, a task whose emissions are unknown."""
+    extensions = tuple(extensions)
+    emits = _emits(extensions)
+    graph = edges(mode, table, extensions)
+    found: list[str] = []
+    consumed = {e.source for e in graph if e.kind == "delivered to"}
+    for event in sorted(REGISTRY):
+        if event not in consumed:
+            found.append(f"{event}: no consumer ({mode})")
+    following: dict[str, list[str]] = {}
+    for e in graph:
+        following.setdefault(e.source, []).append(e.target)
+    for event in sorted(FAILURE_EVENTS):
+        if not _reaches(following, event, COMPENSATIONS):
+            found.append(f"{event}: a failure event with no path to a compensation ({mode})")
+    for task in sorted({e.target for e in graph if e.kind in {"delivered to", "starts"}}):
+        if task not in emits and task not in starts(mode):
+            found.append(f"{task}: not in the table of what tasks emit ({mode})")
+    return found
+
+
+def _reaches(following: Mapping[str, list[str]], start: str, ends: frozenset[str]) -> bool:
+    seen, queue = {start}, deque([start])
+    while queue:
+        node = queue.popleft()
+        if node in ends:
+            return True
+        for nxt in following.get(node, ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return False
+
+
+def mermaid(mode: str = ORCHESTRATION, extensions: Iterable[Extension] = ()) -> str:
+    """The mode's graph as a Mermaid flowchart: events in rounded boxes, tasks in square
+    ones, failure events, compensations and extensions marked."""
+    extensions = tuple(extensions)
+    graph = edges(mode, extensions=extensions)
+    ids: dict[str, str] = {}
+
+    def node(name: str) -> str:
+        if name not in ids:
+            ids[name] = f"n{len(ids)}"
+        return ids[name]
+
+    lines = ["flowchart LR"]
+    arrows = {"delivered to": "-->", "emits": "-.->", "starts": "==>"}
+    body = [f"    {node(e.source)} {arrows[e.kind]} {node(e.target)}" for e in graph]
+    for name, ident in ids.items():
+        shape = f'{ident}("{name}")' if name in REGISTRY else f'{ident}["{name}"]'
+        lines.append(f"    {shape}")
+    lines += body
+    failures = [ids[n] for n in sorted(FAILURE_EVENTS) if n in ids]
+    undo = [ids[n] for n in sorted(COMPENSATIONS) if n in ids]
+    lines.append("    classDef failure stroke:#c00,stroke-width:2px")
+    lines.append("    classDef compensation stroke:#06c,stroke-dasharray:4")
+    added = [ids[ext.task] for ext in extensions if ext.task in ids]
+    if added:
+        lines.append("    classDef extension fill:#efe,stroke:#393")
+        lines.append(f"    class {','.join(added)} extension")
+    if failures:
+        lines.append(f"    class {','.join(failures)} failure")
+    if undo:
+        lines.append(f"    class {','.join(undo)} compensation")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""The saga sweeper: finds sagas that are lost, not merely slow, and re-drives them.
+
+A lost message or a crashed worker can leave a saga with nothing in flight. The sweeper
+(``order.sweep`` on Celery beat, a thread when embedded, or ``python -m app sweep`` once)
+re-drives such a saga from its recorded state: it resumes the forward path from the first
+unfinished step, or — once the saga is older than the give-up limit, or already
+compensating — runs its compensations; and it sends again the deliveries of the order's
+events that show no sign of having arrived (:meth:`app.persistence.outbox.Relay.missing`), and only those.
+
+Re-driving a saga that is only queued behind a backlog adds work to a system that is
+already behind (a metastable failure: recovery work that grows with the load). So the
+sweeper re-drives a saga only when
+
+* it has recorded no progress — no event, no step — for a whole deadline
+  (``CHECKOUT_SAGA_DEADLINE_SECONDS``), and
+* nothing it may be waiting for can still be queued: the service queues are empty, or an
+  order placed after the saga's last progress has already finished (queues are first in,
+  first out: they have moved past it).
+
+A saga that is merely queued is left alone however old it gets — it is neither re-driven nor
+given up on — and the sweeper looks at it again next round. Re-driving is bounded
+(``CHECKOUT_SWEEP_MAX_REDRIVES`` a round) and backs off per saga: its next deadline doubles
+after each re-drive, with jitter, so sagas lost together do not come back together.
+
+Finished orders whose story may have a gap (a completed order whose stock was not
+committed by its deadline, each cancelled order once) have their missing deliveries sent
+again too. Every step and consumer is idempotent, so a delivery sent again that was only
+slow is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from celery import Celery
+
+from app.messaging.canvas import build_compensation, build_saga
+from config.settings import SERVICES
+
+if TYPE_CHECKING:
+    from app.bootstrap import Runtime
+
+log = logging.getLogger("checkout.sweeper")
+
+#: Never sent again by the sweeper: it re-dispatches the saga itself.
+NOT_RESENT = frozenset({"order.start"})
+
+
+@dataclass
+class SweepReport:
+    resumed: list[str] = field(default_factory=list)
+    compensated: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)  # stalled, but may be waiting in a queue: left alone
+    deferred: int = 0  # lost, but over this round's budget: next round
+    resent: int = 0  # deliveries sent again
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.resumed)} saga(s) resumed, {len(self.compensated)} compensated, "
+            f"{len(self.republished)} finished order(s) with events sent again; "
+            f"{self.resent} delivery(ies) sent again; {len(self.queued)} stalled saga(s) left alone "
+            f"(possibly queued), {self.deferred} left for the next round"
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What tells a lost saga from a queued one, read once a round."""
+
+    waiting: int | None  # messages waiting in the service queues (None: the broker did not say)
+    front: datetime | None  # placement time of the most recently placed finished order
+
+    def lost(self, last_progress: datetime) -> bool:
+        """Can a saga that last progressed at ``last_progress`` still be waiting in a queue?"""
+        if self.waiting == 0:
+            return True  # nothing is queued anywhere
+        if self.front is not None and self.front > last_progress:
+            return True  # the queues have moved past it: an order placed after it has finished
+        return False
+
+
+def waiting_messages(rt: Runtime) -> int | None:
+    from app.operations.metrics import queue_depths
+
+    try:
+        depths = queue_depths(rt, timeout=2.0)
+    except Exception:  # the broker is away: nothing can be re-driven now anyway
+        log.warning("sweeper: could not read the queues' depths", exc_info=True)
+        return None
+    return sum(depths[q][0] for q in SERVICES if q in depths)
+
+
+def redrive_overdue(rt: Runtime, app: Celery) -> SweepReport:
+    report = SweepReport()
+    settings = rt.settings
+    budget = settings.sweep_max_redrives
+    give_up = timedelta(seconds=settings.saga_give_up_seconds)
+    stalled = rt.order.stalled(limit=budget * 4)
+    if stalled:
+        evidence = Evidence(waiting_messages(rt), rt.order.progress_front())
+        for order_id, last_progress in stalled:
+            if not evidence.lost(last_progress):
+                report.queued.append(order_id)
+                continue
+            if budget == 0:
+                report.deferred += 1
+                continue
+            plan = rt.order.plan_redrive(order_id, give_up)
+            if plan is None:
+                continue
+            budget -= 1
+            report.resent += rt.relay.redeliver(order_id, NOT_RESENT)
+            if plan.compensation is not None:
+                comp = plan.compensation
+                build_compensation(app, rt.saga, order_id, comp.compensations, comp.cancel_command).apply_async()
+                report.compensated.append(order_id)
+            elif plan.resume is not None:
+                build_saga(app, rt.saga, order_id, plan.resume.commands, plan.done).apply_async()
+                report.resumed.append(order_id)
+            else:  # choreography: no canvas; the deliveries sent again move the saga on
+                report.resumed.append(order_id)
+    if budget > 0:
+        for order_id in rt.order.unsettled(limit=budget):
+            report.resent += rt.relay.redeliver(order_id, NOT_RESENT)
+            report.republished.append(order_id)
+    if report.resumed or report.compensated or report.resent:
+        log.warning("sweeper: %s", report)
+    elif report.queued:
+        log.info("sweeper: %s", report)
+    return report

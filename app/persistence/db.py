@@ -1,0 +1,459 @@
+"""Persistence plumbing shared by the services: engines, the unit of work, the outbox.
+
+Each service owns a :class:`sqlalchemy.MetaData` of its own tables plus three standard
+ones, all prefixed with the service name:
+
+* ``<service>_events`` — the service's append-only event log, which is also its outbox:
+  an event is written in the same transaction as the state change that produced it and
+  published after commit (``published_at`` says when);
+* ``<service>_inbox`` — ``(consumer, event_id)`` of every event a consumer has handled,
+  written in the consumer's own transaction, so a redelivered event has no second effect;
+* ``<service>_steps`` — the recorded outcome of every saga step and compensation, keyed
+  by ``(order_id, step)``: a repeated command returns it instead of acting again; with
+  how many attempts it took and when the first one started (see :mod:`app.persistence.attempts`);
+* ``<service>_dead_letters`` — messages of the service's queue that could not be handled
+  (retries exhausted, malformed), with why; see :mod:`app.persistence.deadletters`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from app.persistence import attempts, migrations
+from app.domain.events import Envelope, Event
+
+T = TypeVar("T")
+
+#: Execution option marking a connection that only reads (SQLite then skips the write lock).
+READ_ONLY = "checkout_read_only"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine fit for many threads and processes writing at once.
+
+    SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` (a writer takes the lock up
+    front instead of failing when it upgrades a read lock).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # No pre-ping (it costs a round trip per checkout): a dropped connection fails one
+        # transaction, SQLAlchemy invalidates the pool, and the step is retried as transient.
+        return create_engine(url, pool_size=5, max_overflow=10)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # readers share the database with writers (WAL); writers lock up front
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+@dataclass(frozen=True)
+class StandardTables:
+    events: Table
+    inbox: Table
+    steps: Table
+    dead_letters: Table
+
+
+def standard_tables(service: str, metadata: MetaData) -> StandardTables:
+    events = Table(
+        f"{service}_events",
+        metadata,
+        Column("seq", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(64), nullable=False, unique=True),
+        Column("event_type", String(64), nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("topic", String(128), nullable=False),
+        Column("key", String(64), nullable=False, index=True),
+        Column("correlation_id", String(64), nullable=False),
+        Column("causation_id", String(128)),
+        Column("occurred_at", DateTime(timezone=True), nullable=False),
+        Column("payload", JSON, nullable=False),
+        Column("published_at", DateTime(timezone=True), index=True),
+        # set on events a saga step or compensation emitted (app/persistence/attempts.py)
+        Column("attempts", Integer),
+        Column("duration_ms", Integer),
+    )
+    inbox = Table(
+        f"{service}_inbox",
+        metadata,
+        Column("consumer", String(64), primary_key=True),
+        Column("event_id", String(64), primary_key=True),
+        Column("handled_at", DateTime(timezone=True), nullable=False),
+    )
+    steps = Table(
+        f"{service}_steps",
+        metadata,
+        Column("order_id", String(64), primary_key=True),
+        Column("step", String(64), primary_key=True),
+        Column("outcome", String(16), nullable=False),
+        Column("detail", JSON, nullable=False),
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
+        # how many attempts the step took and when the first one started (None: not known)
+        Column("attempts", Integer),
+        Column("started_at", DateTime(timezone=True)),
+    )
+    dead_letters = Table(
+        f"{service}_dead_letters",
+        metadata,
+        Column("id", String(36), primary_key=True),
+        Column("message_key", String(255), nullable=False, index=True),
+        Column("queue", String(64), nullable=False),
+        Column("task", String(128)),
+        Column("order_id", String(64), index=True),
+        Column("reason", String(255), nullable=False),
+        Column("error", Text, nullable=False),
+        Column("traceback", Text, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("first_failed_at", DateTime(timezone=True), nullable=False),
+        Column("last_failed_at", DateTime(timezone=True), nullable=False),
+        Column("status", String(16), nullable=False, index=True),  # DEAD, REDRIVEN, PURGED
+        Column("message", JSON, nullable=False),  # how to send it again; see app.persistence.deadletters
+    )
+    return StandardTables(events, inbox, steps, dead_letters)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What a step or compensation did the first time it ran.
+
+    ``outcome`` is ``done`` (it took effect), ``failed`` (a business failure, ``reason``
+    set), ``noop`` (a compensation with nothing to undo) or ``prevented`` (the step was
+    compensated before it ran, so it must never take effect).
+    """
+
+    outcome: str
+    reason: str | None = None
+    detail: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome in {"done", "noop"}
+
+
+class UnitOfWork:
+    """One transaction in one service's database, plus the events it produced."""
+
+    def __init__(self, conn: Connection, tables: StandardTables, causation_id: str | None) -> None:
+        self.conn = conn
+        self.tables = tables
+        self.causation_id = causation_id
+        self.new_events: list[Envelope] = []
+
+    def emit(self, evt: Event, *, correlation_id: str | None = None) -> Envelope:
+        """Append an event to the service's log; it is published once the transaction commits.
+
+        Emitted while a saga step or compensation runs (:func:`app.persistence.attempts.attempt`), the
+        event carries how many attempts the step took and how long it has taken so far."""
+        now = utcnow()
+        current = attempts.current()
+        env = Envelope.wrap(
+            evt,
+            correlation_id=correlation_id,
+            causation_id=self.causation_id,
+            occurred_at=now,
+            attempts=current.number if current is not None else None,
+            duration_ms=current.duration_ms(now) if current is not None else None,
+        )
+        self.conn.execute(
+            insert(self.tables.events).values(
+                event_id=env.event_id,
+                event_type=env.event_type,
+                version=env.version,
+                topic=env.topic,
+                key=env.key,
+                correlation_id=env.correlation_id,
+                causation_id=env.causation_id,
+                occurred_at=env.occurred_at,
+                payload=env.payload,
+                attempts=env.attempts,
+                duration_ms=env.duration_ms,
+            )
+        )
+        self.new_events.append(env)
+        return env
+
+    def step(self, order_id: str, step: str) -> StepRecord | None:
+        row = self.conn.execute(
+            select(self.tables.steps.c.outcome, self.tables.steps.c.detail).where(
+                self.tables.steps.c.order_id == order_id, self.tables.steps.c.step == step
+            )
+        ).first()
+        if row is None:
+            return None
+        detail = dict(row.detail or {})
+        return StepRecord(row.outcome, detail.pop("reason", None), detail)
+
+    def record_step(self, order_id: str, step: str, record: StepRecord) -> StepRecord:
+        """Record a step's outcome. A concurrent duplicate makes the commit fail with
+        ``IntegrityError``; :meth:`Database.run` then runs the work again, and it finds
+        this record."""
+        detail = dict(record.detail or {})
+        if record.reason:
+            detail["reason"] = record.reason
+        # the attempts of the step being run, not of another step it records (a compensation
+        # records the step it undoes as prevented)
+        current = attempts.current()
+        if current is not None and current.step != step:
+            current = None
+        self.conn.execute(
+            insert(self.tables.steps).values(
+                order_id=order_id,
+                step=step,
+                outcome=record.outcome,
+                detail=detail,
+                recorded_at=utcnow(),
+                attempts=current.number if current is not None else None,
+                started_at=current.started_at if current is not None else None,
+            )
+        )
+        return record
+
+    def first_time(self, consumer: str, event_id: str) -> bool:
+        """True when ``consumer`` has not handled ``event_id`` yet; marks it handled."""
+        inbox = self.tables.inbox
+        seen = self.conn.execute(
+            select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id == event_id)
+        ).first()
+        if seen is not None:
+            return False
+        self.conn.execute(insert(inbox).values(consumer=consumer, event_id=event_id, handled_at=utcnow()))
+        return True
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """How often a step (or compensation) ended with an outcome in one service, and how many
+    retries those took (attempts beyond the first, where the attempts are known)."""
+
+    step: str
+    outcome: str
+    count: int
+    retries: int
+
+
+CommitHook = Callable[[str, list[Envelope]], None]
+
+
+class Database:
+    """One service's database: its engine, its tables, and how its transactions run."""
+
+    def __init__(
+        self, service: str, engine: Engine, metadata: MetaData, tables: StandardTables, *, migrated: bool = True
+    ) -> None:
+        self.service = service
+        self.engine = engine
+        self.metadata = metadata
+        self.tables = tables
+        #: False: no Alembic line of its own (an extension's tables): created where missing
+        self.migrated = migrated
+        self._after_commit: list[CommitHook] = []
+        self._schema_lock = threading.Lock()
+
+    def after_commit(self, hook: CommitHook) -> None:
+        """Call ``hook(service, events)`` after every transaction that emitted events."""
+        self._after_commit.append(hook)
+
+    @contextmanager
+    def unit_of_work(self, causation_id: str | None = None) -> Iterator[UnitOfWork]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                uow = UnitOfWork(conn, self.tables, causation_id)
+                yield uow
+        if uow.new_events:
+            for hook in self._after_commit:
+                hook(self.service, uow.new_events)
+
+    def run(self, work: Callable[[UnitOfWork], T], *, causation_id: str | None = None, attempts: int = 4) -> T:
+        """Run ``work`` in one transaction; on a duplicate-key race, run it again.
+
+        The second run sees what the winner committed, which is how a step delivered twice
+        at once still takes effect once.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.unit_of_work(causation_id) as uow:
+                    return work(uow)
+            except IntegrityError:
+                if attempt == attempts:
+                    raise
+            except OperationalError as exc:
+                # SQLite under contention; PostgreSQL deadlock or serialization failure.
+                if attempt == attempts or not _retryable(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def query(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a read-only transaction."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                return work(conn)
+
+    def create_schema(self) -> None:
+        """Make sure this service's tables are there, as the code expects them. Safe from many
+        processes at once.
+
+        On an empty database, create them and record the migrations' head (the same schema:
+        see :mod:`app.persistence.migrations`). On a database under migrations, change nothing: refuse
+        (:class:`app.persistence.migrations.SchemaNotCurrent`, naming ``python -m app db upgrade``) unless
+        it is at the head. On one from before migrations, create missing tables and add
+        columns a newer version added (nullable or defaulted ones; anything else is refused
+        with what to do)."""
+        with self._schema_lock, self.engine.connect() as conn:
+            with conn.begin():
+                migrations.lock(conn)
+                if not self.migrated:
+                    self.metadata.create_all(conn, checkfirst=True)
+                    _add_missing_columns(conn, self.metadata)
+                    return
+                found = migrations.state(conn, self.service, self.metadata)
+                if found == migrations.MANAGED:
+                    migrations.check_current(conn, self.service, self.metadata)
+                    return
+                self.metadata.create_all(conn, checkfirst=True)
+                if found == migrations.FRESH:
+                    migrations.stamp(conn, self.service, migrations.head(self.service))
+                else:
+                    _add_missing_columns(conn, self.metadata)
+
+    def unpublished(self, older_than_seconds: float, limit: int = 500) -> list[Envelope]:
+        events = self.tables.events
+        cutoff = utcnow().timestamp() - older_than_seconds
+        rows = self.query(
+            lambda c: c.execute(
+                select(events).where(events.c.published_at.is_(None)).order_by(events.c.seq).limit(limit)
+            ).all()
+        )
+        return [row_to_envelope(r) for r in rows if as_utc(r.occurred_at).timestamp() <= cutoff]
+
+    def mark_published(self, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        events = self.tables.events
+
+        def mark(uow: UnitOfWork) -> None:
+            uow.conn.execute(update(events).where(events.c.event_id.in_(event_ids)).values(published_at=utcnow()))
+
+        self.run(mark)
+
+    def step_stats(self) -> list[StepStats]:
+        """Every (step, outcome) this service recorded, with counts and retries (for metrics)."""
+        steps = self.tables.steps
+        query = select(
+            steps.c.step, steps.c.outcome, func.count(), func.coalesce(func.sum(steps.c.attempts - 1), 0)
+        ).group_by(steps.c.step, steps.c.outcome)
+        rows = self.query(lambda c: c.execute(query).all())
+        return [StepStats(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def handled(self, consumer: str, event_ids: list[str]) -> set[str]:
+        """Which of the events the consumer's inbox (in this database) holds."""
+        if not event_ids:
+            return set()
+        inbox = self.tables.inbox
+        query = select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id.in_(event_ids))
+        return set(self.query(lambda c: c.execute(query).scalars().all()))
+
+    def recorded_steps(self, order_id: str) -> set[str]:
+        """The saga steps and compensations this service has recorded for the order."""
+        steps = self.tables.steps
+        query = select(steps.c.step).where(steps.c.order_id == order_id)
+        return set(self.query(lambda c: c.execute(query).scalars().all()))
+
+    def log(self, order_id: str | None = None) -> list[Envelope]:
+        """The service's event log, oldest first (one order's part of it, if given)."""
+        events = self.tables.events
+        query = select(events).order_by(events.c.seq)
+        if order_id is not None:
+            query = query.where(events.c.key == order_id)
+        return [row_to_envelope(r) for r in self.query(lambda c: c.execute(query).all())]
+
+
+def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(
+                    f"table {table.name} lacks column {column.name}, which cannot be added in place; "
+                    "recreate the database (embedded: delete the SQLite file under CHECKOUT_DATA_DIR)"
+                )
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            if column.server_default is not None:
+                ddl += f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+            if not column.nullable:
+                ddl += " NOT NULL"
+            conn.exec_driver_sql(ddl)
+
+
+def _retryable(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return any(word in message for word in ("locked", "busy", "deadlock", "serializ", "could not obtain lock"))
+
+
+def row_to_envelope(row: Any) -> Envelope:
+    return Envelope(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        version=row.version,
+        topic=row.topic,
+        occurred_at=as_utc(row.occurred_at),
+        key=row.key,
+        correlation_id=row.correlation_id,
+        causation_id=row.causation_id,
+        payload=row.payload,
+        attempts=getattr(row, "attempts", None),
+        duration_ms=getattr(row, "duration_ms", None),
+    )
