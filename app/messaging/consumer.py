@@ -162,7 +162,7 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
                 message.reject(requeue=False)
                 return
             try:
-                problem = shape_problem(message, self.app.messaging.tasks) if "task" in _headers(message) else None
+                problem = shape_problem(message, self.app.tasks) if "task" in _headers(message) else None
             except Exception:  # undecodable, or refused: Celery's own path dead-letters it below
                 problem = None
             if problem is not None:
