@@ -12,7 +12,7 @@ from typing import Any
 
 from amqp.exceptions import PreconditionFailed
 from celery import Celery, signals
-from sqlalchemy import Engine
+from sqlalchemy import Engine, MetaData
 
 from app.adapters.fake_carrier import FakeCarrier
 from app.domain.admission import Admission, Limits
@@ -22,7 +22,7 @@ from app.messaging.canvas import check_canvas_settings
 from app.domain.catalog import CATALOG
 from app.persistence.db import Database, make_engine
 from app.persistence.deadletters import DeadLetterStore
-from app.extensions import Extension, load_all, with_extensions
+from app.extensions import Extension, load, load_all, with_extensions
 from app.messaging import signing, telemetry
 from app.operations.logs import quiet_expected_failures
 from app.domain.saga import CHECKOUT
@@ -34,7 +34,7 @@ from app.services.shipping import ShippingService
 from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
 from app.messaging.tasks import CeleryPublisher, register_tasks
 from config.celery import celery_config, dead_letter_queues
-from config.settings import SERVICES, Settings, load_settings
+from config.settings import BUILTIN_EXTENSIONS, SERVICES, Settings, load_settings
 
 log = logging.getLogger("checkout")
 
@@ -44,6 +44,16 @@ SERVICE_MODULES: dict[str, ModuleType] = {
     "payment": payment,
     "shipping": shipping,
 }
+
+
+
+def service_metadata(service: str) -> MetaData:
+    """The tables a service's code expects, or a built-in extension's (it has a line of
+    revisions of its own): what its migrations compare and change."""
+    if service in BUILTIN_EXTENSIONS:
+        return load(service, BUILTIN_EXTENSIONS[service]).metadata
+    metadata: MetaData = SERVICE_MODULES[service].metadata
+    return metadata
 
 
 class Runtime:

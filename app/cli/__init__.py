@@ -470,6 +470,7 @@ def _shown(url: str) -> str:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app.bootstrap import service_metadata
     from app.persistence import migrations
     from app.persistence.db import make_engine
 
@@ -477,13 +478,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     if args.sql:
         for service, url in targets:
             print(f"-- {service} service ({_shown(url)}), version table {migrations.version_table(service)}")
-            migrations.upgrade_sql(service, url, sys.stdout)
+            migrations.upgrade_sql(service, service_metadata(service), url, sys.stdout)
         return 0
     engines: dict[str, Any] = {}
     try:
         for service, url in targets:
             engine = engines.setdefault(url, make_engine(url))
-            done = migrations.upgrade(engine, service, migrations.service_metadata(service))
+            done = migrations.upgrade(engine, service, service_metadata(service))
             print(f"{done.summary()}  ({_shown(url)})")
     except migrations.SchemaNotCurrent as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -495,6 +496,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
+    from app.bootstrap import service_metadata
     from app.persistence import migrations
     from app.persistence.db import make_engine
 
@@ -503,7 +505,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
         engine = make_engine(url)
         try:
             with engine.connect() as conn:
-                found = migrations.state(conn, service, migrations.service_metadata(service))
+                found = migrations.state(conn, service, service_metadata(service))
                 at = migrations.current(conn, service) if found == migrations.MANAGED else None
         finally:
             engine.dispose()

@@ -39,7 +39,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     select,
     update,
 )
@@ -354,7 +353,7 @@ class Database:
                 migrations.lock(conn)
                 if not self.migrated:
                     self.metadata.create_all(conn, checkfirst=True)
-                    _add_missing_columns(conn, self.metadata)
+                    migrations.add_missing_columns(conn, self.metadata)
                     return
                 found = migrations.state(conn, self.service, self.metadata)
                 if found == migrations.MANAGED:
@@ -364,7 +363,7 @@ class Database:
                 if found == migrations.FRESH:
                     migrations.stamp(conn, self.service, migrations.head(self.service))
                 else:
-                    _add_missing_columns(conn, self.metadata)
+                    migrations.add_missing_columns(conn, self.metadata)
 
     def unpublished(self, older_than_seconds: float, limit: int = 500) -> list[Envelope]:
         events = self.tables.events
@@ -416,26 +415,6 @@ class Database:
         if order_id is not None:
             query = query.where(events.c.key == order_id)
         return [row_to_envelope(r) for r in self.query(lambda c: c.execute(query).all())]
-
-
-def _add_missing_columns(conn: Connection, metadata: MetaData) -> None:
-    inspector = inspect(conn)
-    for table in metadata.sorted_tables:
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            if not column.nullable and column.server_default is None:
-                raise RuntimeError(
-                    f"table {table.name} lacks column {column.name}, which cannot be added in place; "
-                    "recreate the database (embedded: delete the SQLite file under CHECKOUT_DATA_DIR)"
-                )
-            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
-            if column.server_default is not None:
-                ddl += f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
-            if not column.nullable:
-                ddl += " NOT NULL"
-            conn.exec_driver_sql(ddl)
 
 
 def _retryable(exc: OperationalError) -> bool:

@@ -33,6 +33,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, create_engine, func, inspect, select
 
+from app.bootstrap import service_metadata
 from app.persistence import migrations
 from app.api import System, validate_order
 from app.operations.audit import audit
@@ -113,7 +114,7 @@ def test_upgrade_on_an_empty_database_creates_every_table_and_the_system_runs(
     for service in SERVICES:
         assert f"{service}: empty -> {migrations.head(service)}" in done.stdout, done.stdout
     tables = set(inspect(engine).get_table_names())
-    expected = {name for s in SERVICES for name in migrations.service_metadata(s).tables}
+    expected = {name for s in SERVICES for name in service_metadata(s).tables}
     assert expected | {migrations.version_table(s) for s in SERVICES} == tables
     assert revisions(engine) == heads()
     assert all(diffs(engine, s) == [] for s in SERVICES)
@@ -144,7 +145,7 @@ def test_the_migrations_build_what_the_code_expects(pg: tuple[str, Engine]) -> N
     """Fails when a table, column, index or type changes in the code without a migration."""
     url, engine = pg
     for service in SERVICES:
-        migrations.upgrade(engine, service, migrations.service_metadata(service))
+        migrations.upgrade(engine, service, service_metadata(service))
     drift = {service: found for service in SERVICES if (found := diffs(engine, service))}
     assert not drift, (
         f"the code's tables differ from what the migrations build: {drift}\n"
@@ -168,7 +169,8 @@ def test_an_upgrade_in_place_keeps_the_data(pg: tuple[str, Engine]) -> None:
     url, engine = pg
     with engine.connect() as conn, conn.begin():
         for service in SERVICES:
-            command.upgrade(migrations.config(service, connection=conn), migrations.baseline(service))
+            cfg = migrations.config(service, service_metadata(service), connection=conn)
+            command.upgrade(cfg, migrations.baseline(service))
     assert revisions(engine)["order"] == "order_0001" != heads()["order"]
     placed = place_orders(url, 5)
     rows = order_rows(engine)
@@ -190,7 +192,7 @@ def test_a_database_from_before_migrations_is_adopted(pg: tuple[str, Engine]) ->
     url, engine = pg
     with engine.begin() as conn:
         for service in SERVICES:
-            metadata = migrations.service_metadata(service)
+            metadata = service_metadata(service)
             metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "shipping_readiness"])
     placed = place_orders(url, 3)
     with engine.begin() as conn:
@@ -217,7 +219,7 @@ def test_four_databases_are_each_upgraded() -> None:
             engine = create_engine(url)
             try:
                 tables = set(inspect(engine).get_table_names())
-                mine = set(migrations.service_metadata(service).tables) | {migrations.version_table(service)}
+                mine = set(service_metadata(service).tables) | {migrations.version_table(service)}
                 assert tables == mine, (service, tables)
                 assert diffs(engine, service) == []
             finally:
@@ -242,7 +244,7 @@ def test_two_upgrades_at_once_both_succeed(pg: tuple[str, Engine]) -> None:
 def test_a_database_behind_is_refused_at_start_up(pg: tuple[str, Engine]) -> None:
     url, engine = pg
     with engine.connect() as conn, conn.begin():
-        command.upgrade(migrations.config("order", connection=conn), "order_0001")
+        command.upgrade(migrations.config("order", service_metadata("order"), connection=conn), "order_0001")
     db = Database("order", engine, SERVICE_MODULES["order"].metadata, SERVICE_MODULES["order"].tables)
     with pytest.raises(migrations.SchemaNotCurrent, match=r"order_0001.*needs order_0003.*python -m app db upgrade"):
         db.create_schema()
@@ -257,7 +259,7 @@ def analytics_tables(engine: Engine) -> set[str]:
 
 @pytest.mark.timeout(180)
 def test_the_analytics_tables_are_migrated_when_the_extension_is_named(pg: tuple[str, Engine]) -> None:
-    expected = set(migrations.service_metadata("analytics").tables) | {"alembic_version_analytics"}
+    expected = set(service_metadata("analytics").tables) | {"alembic_version_analytics"}
     assert {"analytics_orders", "analytics_inbox"} <= expected
     with postgres_database() as other_url:
         # Named: an empty database gets the services' tables and the extension's.

@@ -12,6 +12,7 @@ from sqlalchemy import select
 import app
 import app.api
 from app.api import System
+from app.analytics import sales_by_day
 from app.operations.audit import audit
 from app.persistence.outbox import Publisher
 from app.services.order import orders
@@ -90,3 +91,43 @@ def test_sweep_command_redrives_once(swept: System) -> None:
     assert redrive_overdue(swept.runtime, swept.runtime.celery).resumed == []  # deadline pushed out
     assert app.wait_for_order(order_id, timeout=30).status == "COMPLETED"
     assert all(q for q in SERVICES)
+
+
+def test_sweeping_with_an_extension_sends_it_nothing_it_cannot_take(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extension defines one task, ``<name>.handle``. Recovery re-sends only missing
+    deliveries to their consumers, so the sweeps that bring lost orders back never ask the
+    extension for a task it lacks (an unknown task would be a dead letter in its database on
+    every round), and the extension still ends up with every order."""
+    purge_memory_broker()
+    system = System(
+        settings.model_copy(
+            update={
+                "extensions": "analytics",
+                "saga_deadline_seconds": 1.5,
+                "saga_give_up_seconds": 60,
+                "sweep_interval_seconds": 0.5,
+            }
+        )
+    ).start()
+    monkeypatch.setattr(app.api, "_system", system)
+    try:
+        assert "analytics" in system.runtime.databases
+        system.runtime.relay.publisher = Lossy(system.runtime.relay.publisher, lose=3)
+        tokens = ["tok_ok", "tok_declined", "tok_ok"] * 2
+        ids = [app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token=t) for t in tokens]
+        for order_id, token in zip(ids, tokens):
+            expected = "CANCELLED" if token == "tok_declined" else "COMPLETED"
+            assert app.wait_for_order(order_id, timeout=60).status == expected
+        assert sum(1 for n in redrives(system).values() if n > 0) >= 3  # the sweeps ran and did re-drive
+        analytics = system.runtime.databases["analytics"]
+        wait_until(
+            lambda: sum(d.completed + d.cancelled for d in sales_by_day(analytics)) == len(ids),
+            timeout=30,
+            what="the extension to record every ended order",
+        )
+        assert system.runtime.dead_letters.find(status=None) == []
+    finally:
+        system.stop()
+        purge_memory_broker()

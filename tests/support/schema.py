@@ -9,13 +9,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
+from app.bootstrap import service_metadata
 from app.persistence import migrations
 from config.settings import SERVICES
 
 
 def diffs(engine: Engine, service: str) -> list[Any]:
     """Alembic's differences between the service's tables in the database and its metadata."""
-    metadata = migrations.service_metadata(service)
+    metadata = service_metadata(service)
 
     def mine(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         return type_ != "table" or name in metadata.tables

@@ -11,6 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, inspect
 
+from app.bootstrap import service_metadata
 from app.persistence import migrations
 from app.persistence.db import Database, make_engine
 from app.bootstrap import SERVICE_MODULES
@@ -49,20 +50,20 @@ def test_create_schema_on_an_empty_database_records_the_head(engine: Engine) -> 
 
 def test_the_migrations_build_what_the_code_expects_on_sqlite(engine: Engine) -> None:
     for service in SERVICES:
-        done = migrations.upgrade(engine, service, migrations.service_metadata(service))
+        done = migrations.upgrade(engine, service, service_metadata(service))
         assert (done.before, done.after, done.adopted) == (None, migrations.head(service), False)
     drift = {s: found for s in SERVICES if (found := diffs(engine, s))}
     assert not drift, f"write a migration (README: Schema migrations): {drift}"
-    again = migrations.upgrade(engine, "order", migrations.service_metadata("order"))
+    again = migrations.upgrade(engine, "order", service_metadata("order"))
     assert again.summary() == f"order: at {migrations.head('order')}, nothing to do"
 
 
 def test_a_database_behind_or_missing_a_column_is_refused(engine: Engine) -> None:
     with engine.connect() as conn, conn.begin():
-        command.upgrade(migrations.config("order", connection=conn), "order_0001")
+        command.upgrade(migrations.config("order", service_metadata("order"), connection=conn), "order_0001")
     with pytest.raises(migrations.SchemaNotCurrent, match="python -m app db upgrade"):
         database(engine, "order").create_schema()
-    migrations.upgrade(engine, "order", migrations.service_metadata("order"))
+    migrations.upgrade(engine, "order", service_metadata("order"))
     database(engine, "order").create_schema()
 
     with engine.connect() as conn, conn.begin():
@@ -73,10 +74,10 @@ def test_a_database_behind_or_missing_a_column_is_refused(engine: Engine) -> Non
 
 def test_a_database_from_before_migrations_keeps_working_and_is_adopted_on_upgrade(engine: Engine) -> None:
     with engine.connect() as conn, conn.begin():
-        migrations.service_metadata("payment").create_all(conn)
+        service_metadata("payment").create_all(conn)
     database(engine, "payment").create_schema()  # as before: no version table recorded
     assert revisions(engine)["payment"] is None
     assert migrations.version_table("payment") not in inspect(engine).get_table_names()
-    done = migrations.upgrade(engine, "payment", migrations.service_metadata("payment"))
+    done = migrations.upgrade(engine, "payment", service_metadata("payment"))
     assert done.adopted and done.after == migrations.head("payment")
     assert diffs(engine, "payment") == []

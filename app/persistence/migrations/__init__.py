@@ -26,7 +26,6 @@ processes starting together never race on DDL.
 from __future__ import annotations
 
 import functools
-import importlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,18 +51,6 @@ class SchemaNotCurrent(RuntimeError):
     """A service's database is not at the revision this version of the code needs."""
 
 
-def service_metadata(service: str) -> MetaData:
-    """The tables the service's code expects (a built-in extension's too: it has a line of
-    revisions of its own)."""
-    from app.extensions import load
-    from config.settings import BUILTIN_EXTENSIONS
-
-    if service in BUILTIN_EXTENSIONS:
-        return load(service, BUILTIN_EXTENSIONS[service]).metadata
-    metadata: MetaData = importlib.import_module(f"app.services.{service}").metadata
-    return metadata
-
-
 def version_table(service: str) -> str:
     return f"alembic_version_{service}"
 
@@ -73,14 +60,20 @@ def baseline(service: str) -> str:
     return f"{service}_0001"
 
 
-def config(service: str, *, connection: Connection | None = None, url: str | None = None) -> Config:
-    """Alembic's configuration for one service's history (no alembic.ini: it is all here)."""
+def config(
+    service: str, metadata: MetaData | None = None, *, connection: Connection | None = None, url: str | None = None
+) -> Config:
+    """Alembic's configuration for one service's history (no alembic.ini: it is all here). Running
+    migrations needs the tables the service's code expects (``metadata``: see
+    :func:`app.bootstrap.service_metadata`); reading the history does not."""
     cfg = Config(output_buffer=io.StringIO())
     cfg.set_main_option("script_location", str(HERE))
     cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(HERE / "versions" / service))
     cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
     cfg.attributes["service"] = service
+    if metadata is not None:
+        cfg.attributes["metadata"] = metadata
     if connection is not None:
         cfg.attributes["connection"] = connection
     if url is not None:
@@ -177,7 +170,7 @@ def upgrade(engine: Engine, service: str, metadata: MetaData) -> Upgraded:
         adopted = found == LEGACY
         if adopted:
             _adopt(conn, service, metadata)
-        command.upgrade(config(service, connection=conn), "head")
+        command.upgrade(config(service, metadata, connection=conn), "head")
         after = current(conn, service)
     assert after is not None
     return Upgraded(service, before, after, adopted)
@@ -188,21 +181,19 @@ def _adopt(conn: Connection, service: str, metadata: MetaData) -> None:
     first complete them as a worker of this version would have (create the first revision's
     tables that are missing, add missing nullable columns), then record the first revision;
     the later ones follow. (Each later migration tolerates what this completion did.)"""
-    from app.persistence.db import _add_missing_columns
-
     first = scripts(service).get_revision(baseline(service))
     assert first is not None and first.module is not None
     names: tuple[str, ...] = getattr(first.module, "TABLES", ())
     inspector = inspect(conn)
     missing = [metadata.tables[name] for name in names if not inspector.has_table(name)]
     metadata.create_all(conn, tables=missing)
-    _add_missing_columns(conn, metadata)
+    add_missing_columns(conn, metadata)
     stamp(conn, service, baseline(service))
 
 
-def upgrade_sql(service: str, dialect_url: str, out: TextIO) -> None:
+def upgrade_sql(service: str, metadata: MetaData, dialect_url: str, out: TextIO) -> None:
     """Write the SQL that takes an empty database to the head (for a DBA to review or run)."""
-    cfg = config(service, url=dialect_url)
+    cfg = config(service, metadata, url=dialect_url)
     cfg.output_buffer = out
     command.upgrade(cfg, "head", sql=True)
 
@@ -210,3 +201,25 @@ def upgrade_sql(service: str, dialect_url: str, out: TextIO) -> None:
 def history(service: str) -> Iterator[Any]:
     """The service's revisions, newest first."""
     yield from scripts(service).walk_revisions()
+
+
+def add_missing_columns(conn: Connection, metadata: MetaData) -> None:
+    """Add the nullable or defaulted columns a newer version of the code added to existing tables
+    (the schema of the versions from before migrations, completed in place)."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(
+                    f"table {table.name} lacks column {column.name}, which cannot be added in place; "
+                    "recreate the database (embedded: delete the SQLite file under CHECKOUT_DATA_DIR)"
+                )
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            if column.server_default is not None:
+                ddl += f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+            if not column.nullable:
+                ddl += " NOT NULL"
+            conn.exec_driver_sql(ddl)

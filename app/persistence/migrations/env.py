@@ -1,6 +1,7 @@
 """Alembic's entry point for one service's migrations (see :mod:`app.persistence.migrations`).
 
-The caller passes the service (``config.attributes["service"]``) and either an open
+The caller passes the service (``config.attributes["service"]``), the tables its code expects
+(``config.attributes["metadata"]``: :func:`app.persistence.migrations.config`) and either an open
 connection (online: ``db upgrade``, tests) or a URL (offline: ``db upgrade --sql``).
 Only that service's tables are compared or changed: its database may hold the other
 services' tables too.
@@ -12,11 +13,13 @@ from typing import Any
 
 from alembic import context
 
-from app.persistence.migrations import service_metadata, version_table
+from app.persistence.migrations import version_table
 
 config = context.config
 service: str = config.attributes["service"]
-target_metadata = service_metadata(service)
+if "metadata" not in config.attributes:
+    raise RuntimeError(f"running the {service} migrations needs its tables: pass metadata to migrations.config()")
+target_metadata = config.attributes["metadata"]
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
