@@ -39,8 +39,26 @@ from dataclasses import dataclass
 
 from sqlalchemy import MetaData
 
-from app.persistence.db import Database, StandardTables, UnitOfWork
 from app.domain.events import REGISTRY, Envelope
+from app.persistence.db import Database, StandardTables, UnitOfWork, standard_tables, utcnow
+
+#: What an extension's module imports: this module is its one import (the older paths
+#: ``app.db`` and ``app.events`` stay too).
+__all__ = [
+    "Database",
+    "Envelope",
+    "Extension",
+    "ExtensionError",
+    "Handler",
+    "NotSubscribed",
+    "StandardTables",
+    "UnitOfWork",
+    "load",
+    "load_all",
+    "standard_tables",
+    "utcnow",
+    "with_extensions",
+]
 
 #: What an extension does with one event it subscribes to, in its own transaction.
 Handler = Callable[[UnitOfWork, Envelope], None]

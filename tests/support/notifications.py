@@ -3,15 +3,17 @@ user adds one (``CHECKOUT_EXTENSIONS=notifications=tests.support.notifications:e
 
 It writes the message each customer would get when an order ends, into its own table, for a
 mailer to send. Its table has no unique key per order: that each ended order gets one
-message, however often its event arrives, is the inbox's doing.
+message, however often its event arrives, is the inbox's doing. It imports what it needs as
+extensions written before the package took its layers do (``app.db``, ``app.events``): those
+paths stay.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, select
 
-from app.persistence.db import Database, UnitOfWork, standard_tables, utcnow
-from app.domain.events import Envelope, OrderCancelled
+from app.db import Database, UnitOfWork, standard_tables, utcnow
+from app.events import Envelope, OrderCancelled
 from app.extensions import Extension
 
 metadata = MetaData()

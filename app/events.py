@@ -1,0 +1,32 @@
+"""The names an extension imports from ``app.events``, where they were before the package took its
+layers: they live in :mod:`app.domain.events` now. New code imports them from there (or from
+:mod:`app.extensions`, the extension author's one import)."""
+
+from app.domain.events import (  # noqa: F401
+    CURRENCY_PATTERN,
+    Envelope,
+    Event,
+    FAILURE_EVENTS,
+    InventoryCommitted,
+    InventoryReleased,
+    InventoryReservationFailed,
+    InventoryReserved,
+    MAX_INT,
+    OPTIONAL_METADATA,
+    OrderCancelled,
+    OrderCompleted,
+    OrderPlaced,
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentVoided,
+    REGISTRY,
+    ShipmentCancelled,
+    ShipmentFailed,
+    ShipmentScheduled,
+    TOPIC_DOMAINS,
+    UnreadableEvent,
+    event,
+)
