@@ -89,6 +89,15 @@ def _audit_once(rt: Runtime) -> Report:
 
     # 5. every event id appears once across all logs; every event was published and
     #    reached its order's timeline
+    report.events = _check_logs(rt, orders, bad)
+
+    # ... and every dead letter is accounted for: its order's saga still finished
+    report.dead_letters = _check_dead_letters(rt, orders, bad)
+    return report
+
+
+def _check_logs(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
+    """Each event once across the logs, published, and in its order's timeline; how many events."""
     in_timeline = set(rt.databases["order"].query(lambda c: c.execute(select(timeline.c.event_id)).scalars().all()))
     seen: Counter[str] = Counter()
     for service, db in rt.databases.items():
@@ -102,20 +111,22 @@ def _audit_once(rt: Runtime) -> Report:
         unpublished = db.unpublished(older_than_seconds=0)
         if unpublished:
             bad.append(f"{service}: {len(unpublished)} event(s) committed but not yet published")
-    report.events = sum(seen.values())
+    for event_id, count in seen.items():
+        if count > 1:
+            bad.append(f"event {event_id} appears {count} times in the logs")
+    return sum(seen.values())
 
-    # ... and every dead letter is accounted for: its order's saga still finished
-    for letter in rt.dead_letters.find(status=DEAD):
+
+def _check_dead_letters(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
+    """No open dead letter holds up an unfinished order; how many are open."""
+    letters = rt.dead_letters.find(status=DEAD)
+    for letter in letters:
         if letter.order_id in orders and orders[letter.order_id]["status"] not in TERMINAL:
             bad.append(
                 f"dead letter {letter.id[:8]} ({letter.task}, {letter.reason}) holds up order {letter.order_id}: "
                 "redrive it, or compensate the order (python -m app dlq redrive --order ID [--compensate])"
             )
-    report.dead_letters = len(rt.dead_letters.find(status=DEAD))
-    for event_id, count in seen.items():
-        if count > 1:
-            bad.append(f"event {event_id} appears {count} times in the logs")
-    return report
+    return len(letters)
 
 
 def _check_stock(rt: Runtime, reservations: dict[str, dict[str, Any]], bad: list[str]) -> None:

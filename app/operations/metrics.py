@@ -17,12 +17,12 @@ exporter (``python -m app metrics``) serves the whole system.
 | ``checkout_steps_total`` | counter | ``service``, ``step``, ``outcome`` | steps and compensations recorded |
 | ``checkout_step_retries_total`` | counter | ``service``, ``step`` | retries those took |
 | ``checkout_dead_letters`` | gauge | ``service``, ``status`` | dead letters by status (dead, redriven ...) |
-| ``checkout_queue_messages`` | gauge | ``queue`` | messages waiting in each service queue (and ``<queue>.dlq`` on RabbitMQ) |
+| ``checkout_queue_messages`` | gauge | ``queue`` | messages waiting in each queue (RabbitMQ: and ``<queue>.dlq``) |
 | ``checkout_queue_consumers`` | gauge | ``queue`` | RabbitMQ only: consumers of each queue |
 | ``checkout_admission_admitted_total`` | counter | | orders admitted by admission control (= orders placed) |
 | ``checkout_admission_refused_total`` | counter | | orders refused as busy, by every placing process |
-| ``checkout_admission_backlog_seconds`` | gauge | | the admission signal now: in flight / recent finish rate, at most the oldest's age |
-| ``checkout_admission_target_seconds`` | gauge | | the backlog above which new orders are refused (0: admission control off) |
+| ``checkout_admission_backlog_seconds`` | gauge | | admission signal: in flight / finish rate, at most oldest age |
+| ``checkout_admission_target_seconds`` | gauge | | the backlog above which new orders are refused (0: off) |
 | ``checkout_admission_finish_rate`` | gauge | | sagas finished per second over the admission window |
 | ``checkout_metrics_source_up`` | gauge | ``source`` | 1 if the source could be read at this scrape, else 0 |
 """

@@ -159,13 +159,15 @@ def _in_inbox(databases: Mapping[str, Database], consumer: str, event_ids: list[
     inbox = db.tables.inbox
     count = 0
     for start in range(0, len(event_ids), 500):
-        chunk = event_ids[start : start + 500]
-        count += db.query(
-            lambda c: c.execute(
-                select(func.count()).where(inbox.c.consumer == consumer, inbox.c.event_id.in_(chunk))
-            ).scalar_one()
+        query = select(func.count()).where(
+            inbox.c.consumer == consumer, inbox.c.event_id.in_(event_ids[start : start + 500])
         )
+        count += _scalar(db, query)
     return count
+
+
+def _scalar(db: Database, query: Any) -> int:
+    return int(db.query(lambda c: c.execute(query).scalar_one()))
 
 
 def _envelopes(db: Database, query: Any) -> list[Envelope]:

@@ -4,7 +4,8 @@ orders placed, then Ctrl-C.
 
 ``make up`` itself is run (not the honcho command it wraps), in its own process group as a
 terminal's foreground job would be, against this test's Redis key prefix and database, with
-CHECKOUT_EXTENSIONS=analytics, so ``make up`` also starts the sales analytics worker. The test waits until every worker and beat answer a ping,
+CHECKOUT_EXTENSIONS=analytics, so ``make up`` also starts the sales analytics worker. The test
+waits until every worker and beat answer a ping,
 places orders — one of them while the broker is unreachable from the placing process, so
 that only the relay process can send its ``OrderPlaced`` (the workers leave their outboxes
 to it) — and waits until all of them are terminal and analytics has recorded how each

@@ -56,7 +56,7 @@ def test_every_event_delivered_twice(api: System) -> None:
         )
         for token, country, _ in cases
     ]
-    for order_id, (_, _, status) in zip(ids, cases):
+    for order_id, (_, _, status) in zip(ids, cases, strict=True):
         view = app.wait_for_order(order_id, timeout=60)
         assert view.status == status
         types = [e.type for e in view.events]

@@ -70,7 +70,7 @@ def test_lost_messages_are_recovered_by_the_sweeper(swept: System) -> None:
     for _ in range(3):
         purge_memory_broker()
     views = [app.wait_for_order(order_id, timeout=60) for order_id in ids]
-    for view, token in zip(views, tokens):
+    for view, token in zip(views, tokens, strict=True):
         assert view.status == ("CANCELLED" if token == "tok_declined" else "COMPLETED"), view
     assert sum(1 for n in redrives(swept).values() if n > 0) >= 4
     report = audit(swept.runtime, settle=15)
@@ -117,7 +117,7 @@ def test_sweeping_with_an_extension_sends_it_nothing_it_cannot_take(
         system.runtime.relay.publisher = Lossy(system.runtime.relay.publisher, lose=3)
         tokens = ["tok_ok", "tok_declined", "tok_ok"] * 2
         ids = [app.place_order("c", [{"sku": "MUG-01", "qty": 1}], payment_token=t) for t in tokens]
-        for order_id, token in zip(ids, tokens):
+        for order_id, token in zip(ids, tokens, strict=True):
             expected = "CANCELLED" if token == "tok_declined" else "COMPLETED"
             assert app.wait_for_order(order_id, timeout=60).status == expected
         assert sum(1 for n in redrives(system).values() if n > 0) >= 3  # the sweeps ran and did re-drive
