@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -43,18 +44,25 @@ class Lossy:
         self.inner.send(task, body, message_id=message_id, correlation_id=correlation_id)
 
 
+@contextmanager
+def swept_system(settings: Settings, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Iterator[System]:
+    """The embedded system with a short saga deadline and a sweep every half second (and
+    ``overrides``), as the process's system; stopped, and the broker emptied, on exit."""
+    purge_memory_broker()
+    update = {"saga_deadline_seconds": 1.5, "saga_give_up_seconds": 60, "sweep_interval_seconds": 0.5, **overrides}
+    system = System(settings.model_copy(update=update)).start()
+    monkeypatch.setattr(app.api, "_system", system)
+    try:
+        yield system
+    finally:
+        system.stop()
+        purge_memory_broker()
+
+
 @pytest.fixture
 def swept(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
-    purge_memory_broker()
-    system = System(
-        settings.model_copy(
-            update={"saga_deadline_seconds": 1.5, "saga_give_up_seconds": 60, "sweep_interval_seconds": 0.5}
-        )
-    ).start()
-    monkeypatch.setattr(app.api, "_system", system)
-    yield system
-    system.stop()
-    purge_memory_broker()
+    with swept_system(settings, monkeypatch) as system:
+        yield system
 
 
 def redrives(system: System) -> dict[str, int]:
@@ -100,19 +108,7 @@ def test_sweeping_with_an_extension_sends_it_nothing_it_cannot_take(
     deliveries to their consumers, so the sweeps that bring lost orders back never ask the
     extension for a task it lacks (an unknown task would be a dead letter in its database on
     every round), and the extension still ends up with every order."""
-    purge_memory_broker()
-    system = System(
-        settings.model_copy(
-            update={
-                "extensions": "analytics",
-                "saga_deadline_seconds": 1.5,
-                "saga_give_up_seconds": 60,
-                "sweep_interval_seconds": 0.5,
-            }
-        )
-    ).start()
-    monkeypatch.setattr(app.api, "_system", system)
-    try:
+    with swept_system(settings, monkeypatch, extensions="analytics") as system:
         assert "analytics" in system.runtime.databases
         system.runtime.relay.publisher = Lossy(system.runtime.relay.publisher, lose=3)
         tokens = ["tok_ok", "tok_declined", "tok_ok"] * 2
@@ -128,6 +124,3 @@ def test_sweeping_with_an_extension_sends_it_nothing_it_cannot_take(
             what="the extension to record every ended order",
         )
         assert system.runtime.dead_letters.find(status=None) == []
-    finally:
-        system.stop()
-        purge_memory_broker()
