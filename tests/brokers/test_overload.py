@@ -22,6 +22,14 @@ into collapse:
 * the sweeper re-drove at most ``REDRIVE_LIMIT`` sagas (a saga that is only queued is
   not re-driven).
 
+C is measured twice, by the same burst: before the window, to size the offered load, and
+again once the window's orders have drained, and the goodput is held against the lower of
+the two. On a shared machine a burst of a few seconds can catch it at its fastest, or a
+neighbour can take a core for the rest of the test; the capacity the machine offered around
+the window is the one the window could reach. A collapse is still caught: the system is
+idle again for the second burst, so its capacity there is not the window's goodput, and a
+system that stays collapsed fails the drain.
+
 It prints what it saw: offered, accepted, refused, goodput against C, drain time, p50/p99
 of placement-to-finish, and what a refusal and a placement cost.
 """
@@ -62,7 +70,7 @@ OVERLOAD_SETTINGS: dict[str, Any] = {
     "admission_refresh_seconds": 0.2,
 }
 
-#: Offered rate, as a multiple of the capacity measured at the start of the test.
+#: Offered rate, as a multiple of the capacity measured before the window.
 OFFERED_LOAD = 2.0
 #: How long the orders are offered (``make soak``: SOAK_SECONDS).
 OFFER_SECONDS = run_seconds(60.0)
@@ -102,13 +110,15 @@ def test_twice_the_capacity_for_a_minute_keeps_goodput_and_loses_nothing(
     broker: BrokerNamespace, system: System, beat: Workers, saga_mode: str, record_property: Any
 ) -> None:
     customer = f"overload-{broker.kind}-{saga_mode}"
-    try:
-        capacity: Capacity = measure_capacity(
-            system, f"{customer}-capacity", burst=OVERLOAD_BURST, diagnostics=beat.tails
-        )
-    except WaitTimeout as exc:
-        pytest.fail(str(exc), pytrace=False)
-    rate = OFFERED_LOAD * capacity.sagas_per_second
+
+    def burst(name: str) -> Capacity:
+        try:
+            return measure_capacity(system, f"{customer}-{name}", burst=OVERLOAD_BURST, diagnostics=beat.tails)
+        except WaitTimeout as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    before = burst("capacity")
+    rate = OFFERED_LOAD * before.sagas_per_second
 
     def order(n: int) -> dict[str, Any]:
         key = f"{customer}-{n}"
@@ -180,9 +190,13 @@ def test_twice_the_capacity_for_a_minute_keeps_goodput_and_loses_nothing(
     latencies = [(as_utc(r.finished_at) - as_utc(r.created_at)).total_seconds() for r in mine.values()]
     redriven = {r.order_id: r.redrives for r in rows if r.redrives}
     report = audit(system.runtime, settle=AUDIT_SETTLE)
+    after = burst("capacity-after")  # the window's orders have drained, and the auditor saw them
+    capacity = min(before, after, key=lambda c: c.sagas_per_second)
 
     figures = {
         "capacity_sagas_per_second": round(capacity.sagas_per_second, 2),
+        "capacity_before_sagas_per_second": round(before.sagas_per_second, 2),
+        "capacity_after_sagas_per_second": round(after.sagas_per_second, 2),
         "offered_per_second": round(rate, 2),
         "offered": len(accepted) + offered.refused,
         "accepted": len(accepted),
@@ -218,6 +232,7 @@ def test_twice_the_capacity_for_a_minute_keeps_goodput_and_loses_nothing(
     assert report.clean, f"auditor: {report.summary()}\n" + "\n".join(report.violations[:40])
     assert median_goodput >= GOODPUT_FLOOR * capacity.sagas_per_second, (
         f"goodput {median_goodput:.2f}/s (median slice) under {GOODPUT_FLOOR} × capacity "
-        f"{capacity.sagas_per_second:.2f}/s; slices {slices}"
+        f"{capacity.sagas_per_second:.2f}/s (bursts before and after the window: {before.sagas_per_second:.2f}/s, "
+        f"{after.sagas_per_second:.2f}/s); slices {slices}"
     )
     assert len(redriven) <= REDRIVE_LIMIT, f"the sweeper re-drove {len(redriven)} sagas: {redriven}"
