@@ -18,9 +18,10 @@ from datetime import date
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, select
 
-from app.persistence.db import Database, UnitOfWork, standard_tables, utcnow
 from app.domain.events import Envelope, OrderCancelled, OrderCompleted
 from app.extensions import Extension
+from app.persistence.db import Database, UnitOfWork, utcnow
+from app.persistence.tables import standard_tables
 
 NAME = "analytics"
 COMPLETED, CANCELLED = "completed", "cancelled"

@@ -15,11 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.bootstrap import Runtime
 from app.domain.commands import PlaceOrder
 from app.domain.errors import Busy, InvalidOrder
-from app.bootstrap import Runtime
-from app.services.order import OrderView
+from app.domain.states import OrderStatus
 from app.domain.values import DEFAULT_ADDRESS
+from app.services.order import OrderView
 from config.settings import Settings
 
 
@@ -179,7 +180,7 @@ def wait_for_order(order_id: str, timeout: float = 30.0, poll: float = 0.02) -> 
     rt = _current().runtime
     deadline = time.monotonic() + timeout
     while True:
-        if rt.order.status(order_id) != "PENDING":
+        if rt.order.status(order_id) != OrderStatus.PENDING:
             return rt.order.view(order_id)
         if time.monotonic() >= deadline:
             raise TimeoutError(f"order {order_id} is still PENDING after {timeout}s")

@@ -2,6 +2,12 @@
 
 Nothing connects at import time. A worker entry point (``workers/<service>.py``) calls
 :func:`worker_app`; the Python API builds a :class:`Runtime` on first use.
+
+Everything gets its collaborators from here, as arguments: the tasks a
+:class:`app.messaging.tasks.Collaborators`, the worker's consumer its class's context, the
+order's coordinator a dispatcher on the Celery app it sends through, the sweeper the
+runtime itself (as the narrow :class:`app.operations.sweeper.Swept`). Nothing looks the
+runtime up, and nothing this module imports imports it.
 """
 
 from __future__ import annotations
@@ -15,24 +21,27 @@ from celery import Celery, signals
 from sqlalchemy import Engine, MetaData
 
 from app.adapters.fake_carrier import FakeCarrier
-from app.domain.admission import Admission, Limits
 from app.adapters.fake_gateway import FakePaymentGateway
-from app.persistence.outbox import Relay, outbox_sweeper
-from app.messaging.canvas import check_canvas_settings
+from app.domain.admission import Admission, Limits
 from app.domain.catalog import CATALOG
-from app.persistence.db import Database, make_engine
-from app.persistence.deadletters import DeadLetterStore
+from app.domain.saga import CHECKOUT
+from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
 from app.extensions import Extension, load, load_all, with_extensions
 from app.messaging import signing, telemetry
+from app.messaging.canvas import CanvasDispatcher, check_canvas_settings
+from app.messaging.consumer import ConsumerContext, bind_consumer
+from app.messaging.publisher import CeleryPublisher
+from app.messaging.tasks import Collaborators, register_tasks
 from app.operations.logs import quiet_expected_failures
-from app.domain.saga import CHECKOUT
+from app.operations.sweeper import redrive_overdue
+from app.persistence.db import Database, make_engine
+from app.persistence.deadletters import DeadLetterStore
+from app.persistence.outbox import Relay, outbox_sweeper
 from app.services import inventory, order, payment, shipping
 from app.services.inventory import InventoryService
-from app.services.order import OrderService
+from app.services.order import Coordinator, OrderService
 from app.services.payment import PaymentService
 from app.services.shipping import ShippingService
-from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
-from app.messaging.tasks import CeleryPublisher, register_tasks
 from config.celery import celery_config, dead_letter_queues
 from config.settings import BUILTIN_EXTENSIONS, SERVICES, Settings, load_settings
 
@@ -44,7 +53,6 @@ SERVICE_MODULES: dict[str, ModuleType] = {
     "payment": payment,
     "shipping": shipping,
 }
-
 
 
 def service_metadata(service: str) -> MetaData:
@@ -78,6 +86,7 @@ class Runtime:
         self.order = OrderService(
             self.databases["order"],
             deadline_seconds=self.settings.saga_deadline_seconds,
+            saga=self.saga,
             choreography=self.choreography,
         )
         self.inventory = InventoryService(self.databases["inventory"])
@@ -93,9 +102,10 @@ class Runtime:
             ),
             self.order.count_refusals,
         )
-        self.celery = self.make_celery()
         self.subscriptions = with_extensions(subscriptions(self.settings.saga_mode), self.extensions.values())
+        self.celery = self._configured_celery("checkout")
         self.relay = Relay(self.databases, CeleryPublisher(self.celery), self.consumers_of)
+        register_tasks(self.celery, self.collaborators(self.celery))
         for db in self.databases.values():
             db.after_commit(self.relay.publish)
 
@@ -111,13 +121,46 @@ class Runtime:
 
     def make_celery(self, name: str = "checkout") -> Celery:
         """A Celery app configured for this system, with every task registered."""
+        app = self._configured_celery(name)
+        register_tasks(app, self.collaborators(app))
+        return app
+
+    def coordinator_for(self, app: Celery) -> Coordinator:
+        """The order's orchestrator, sending its canvases through ``app``."""
+        return Coordinator(self.order, CanvasDispatcher(app, self.saga))
+
+    def collaborators(self, app: Celery) -> Collaborators:
+        """What the tasks of ``app`` call: this system's services, stores and relay."""
+        return Collaborators(
+            settings=self.settings,
+            saga=self.saga,
+            order=self.order,
+            inventory=self.inventory,
+            payment=self.payment,
+            shipping=self.shipping,
+            coordinator=self.coordinator_for(app),
+            dead_letters=self.dead_letters,
+            databases=self.databases,
+            extensions=self.extensions,
+            publish=self.relay.publish,
+            sweep=lambda: redrive_overdue(self, app),
+        )
+
+    def _configured_celery(self, name: str) -> Celery:
         app = Celery(name, set_as_current=False)
         app.conf.update(celery_config(self.settings))
         signing.install(app, self.settings)
-        app.checkout_runtime = self  # for the worker's consumer (app/messaging/consumer.py)
+        # the worker's consumer keeps malformed messages as dead letters (app/messaging/consumer.py)
+        app.conf.worker_consumer = bind_consumer(
+            ConsumerContext(
+                dead_letters=self.dead_letters,
+                services=tuple(self.databases),
+                max_message_bytes=self.settings.max_message_bytes,
+                signing=self.settings.signing == "on",
+            )
+        )
         telemetry.install(self.settings.log_format)
         check_canvas_settings(app.conf)
-        register_tasks(app, self)
         return app
 
     def prepare(self, services: tuple[str, ...] | None = None) -> None:

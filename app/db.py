@@ -3,15 +3,14 @@ layers: they live in :mod:`app.persistence.db` now. New code imports them from t
 :mod:`app.extensions`, the extension author's one import)."""
 
 from app.persistence.db import (  # noqa: F401
-    Database,
     READ_ONLY,
-    StandardTables,
+    Database,
     StepRecord,
     StepStats,
     UnitOfWork,
     as_utc,
     make_engine,
     row_to_envelope,
-    standard_tables,
     utcnow,
 )
+from app.persistence.tables import StandardTables, standard_tables  # noqa: F401

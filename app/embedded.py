@@ -17,10 +17,10 @@ from celery.worker import WorkController
 from celery.worker import state as worker_state
 from kombu.transport import memory
 
-from app.persistence.outbox import Every, outbox_sweeper
-from app.operations.logs import quiet_expected_failures
 from app.bootstrap import Runtime
+from app.operations.logs import quiet_expected_failures
 from app.operations.sweeper import redrive_overdue
+from app.persistence.outbox import Every, outbox_sweeper
 from config.settings import SERVICES
 
 log = logging.getLogger("checkout.embedded")

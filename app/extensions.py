@@ -28,7 +28,7 @@ A handler runs in the extension's own transaction, with the event's inbox row. I
 call out to a system that cannot take part in that transaction (a mail server, say) as if
 the transaction made it happen once: record what to send, and send it from a table.
 
-Plain code over the databases: no Celery here (``app/messaging/tasks.py`` defines the task).
+Plain code over the databases: no Celery here (``app/messaging/tasks/extensions.py`` defines the task).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from sqlalchemy import MetaData
 
 from app.domain.events import REGISTRY, Envelope
-from app.persistence.db import Database, StandardTables, UnitOfWork, standard_tables, utcnow
+from app.persistence.db import Database, UnitOfWork, utcnow
+from app.persistence.tables import StandardTables, standard_tables
 
 #: What an extension's module imports: this module is its one import (the older paths
 #: ``app.db`` and ``app.events`` stay too).

@@ -19,9 +19,9 @@ from kombu.transport import memory
 from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.api import System
+from app.bootstrap import SERVICE_MODULES
 from app.domain.catalog import CATALOG
 from app.persistence.db import Database, make_engine
-from app.bootstrap import SERVICE_MODULES
 from app.services.inventory import InventoryService
 from app.services.order import OrderService
 from app.services.payment import PaymentService

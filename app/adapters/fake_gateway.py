@@ -20,9 +20,9 @@ import hashlib
 from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.persistence.db import utcnow
 from app.domain.errors import BusinessFailure, TransientFailure
 from app.domain.ports import PaymentGateway
+from app.persistence.db import utcnow
 
 metadata = MetaData()
 

@@ -8,12 +8,13 @@ import time
 from typing import Any
 
 import app
+from app.cli.output import money, print_table
+from app.domain.states import OrderStatus
 from app.operations.audit import audit
-from app.cli import _money, _table
 
 #: (label, expected outcome, place_order keyword arguments)
 CASES: list[tuple[str, str, dict[str, Any]]] = [
-    ("tok_ok", "COMPLETED", {"items": [{"sku": "MUG-01", "qty": 2}, {"sku": "TEE-01", "qty": 1}]}),
+    ("tok_ok", OrderStatus.COMPLETED, {"items": [{"sku": "MUG-01", "qty": 2}, {"sku": "TEE-01", "qty": 1}]}),
     ("tok_declined", "CANCELLED card_declined", {"payment_token": "tok_declined"}),
     ("tok_flaky", "COMPLETED after retries", {"payment_token": "tok_flaky"}),
     ("tok_down", "CANCELLED payment_unavailable", {"payment_token": "tok_down"}),
@@ -72,14 +73,14 @@ def run(repeat: int = 3, timeout: float = 60.0) -> int:
                 label,
                 view.status,
                 view.reason or "",
-                _money(view.total_cents, view.currency),
+                money(view.total_cents, view.currency),
                 f"{view.duration_seconds:.2f}s",
                 expected,
             )
         )
     if sys.stderr.isatty():
         print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
-    print(_table(rows, ("order", "input", "outcome", "reason", "total", "duration", "expected")))
+    print_table(rows, ("order", "input", "outcome", "reason", "total", "duration", "expected"))
     report = audit(app.api._current().runtime, settle=10.0)
     print(f"auditor: {report.summary()}")
     for violation in report.violations:

@@ -182,7 +182,8 @@ class Envelope(BaseModel):
     added, like ``attempts`` and ``duration_ms`` were) is ignored, so adding optional
     envelope metadata never breaks a worker still running older code. The payload is not:
     :meth:`open` validates it strictly against the model registered for its type and
-    version, and every event consumer does so before acting (``app/messaging/tasks.py``).
+    version, and every event consumer does so before acting (``TaskKit.parse`` in
+    ``app/messaging/tasks/kit.py``).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")

@@ -1,14 +1,18 @@
-"""Ports to the external systems the services call. Adapters live in ``app/adapters``.
+"""Ports to the external systems the services call. Adapters live in ``app/adapters``
+(and, for :class:`SagaDispatcher`, in ``app/messaging``).
 
-Both ports promise idempotency by ``idempotency_key``: calling twice with the same key
-has the effect of calling once and returns the same result (as Stripe's idempotency keys
-do). That is what lets a step be retried or redelivered safely.
+The payment gateway and the carrier promise idempotency by ``idempotency_key``: calling
+twice with the same key has the effect of calling once and returns the same result (as
+Stripe's idempotency keys do). That is what lets a step be retried or redelivered safely.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, Protocol
 
+from app.domain.saga import Compensation
 from app.domain.values import Address, Line
 
 
@@ -46,3 +50,22 @@ class Carrier(ABC):
     @abstractmethod
     def cancel(self, tracking_ref: str, *, idempotency_key: str) -> None:
         """Cancel a booked shipment."""
+
+
+class SagaDispatcher(Protocol):
+    """Sends a saga's work on its way — the forward path or the compensations — for the
+    order service's coordinator (:mod:`app.services.order.coordinator`), which decides what
+    to send and when. The Celery adapter builds the canvas of ``app/messaging/canvas.py``.
+
+    Sending is fire and forget: the steps report back through their events; a send lost
+    on the way is made up for by the sweeper, from what the order recorded.
+    """
+
+    def run_saga(self, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = ...) -> None:
+        """Send the saga's forward path (one command body per step), from the first phase
+        with a step not in ``done``."""
+
+    def run_compensation(
+        self, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
+    ) -> None:
+        """Send the compensations, in the order given, then the order's cancellation."""

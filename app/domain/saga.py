@@ -1,9 +1,15 @@
 """The checkout saga, as data.
 
 One declarative definition: phases of steps, each step paired with the compensation that
-undoes it. A phase of more than one step runs in parallel. The Celery canvas
-(``app/messaging/canvas.py``) and the auditor's expectations are derived from it; nothing else
-spells out the order of the steps.
+undoes it. A phase of more than one step runs in parallel. Both execution styles are derived
+from it — the Celery canvas (``app/messaging/canvas.py``) and the tasks that run each step
+(``app/messaging/tasks/``) — and so are the auditor's expectations, the order's view of its
+saga and the event graph; nothing else spells out the order of the steps or what each emits.
+
+A step's task is named ``"<service>.<verb>"``: the service's method ``<verb>`` runs it (and
+its ``give_up`` records it failed once its retries run out); a compensation's task likewise;
+a step's choreography ``reaction`` names the service method that turns an event into the
+step's command. Adding a step is this definition plus that service method.
 
 Rules every step and compensation follows (and the services implement):
 
@@ -17,12 +23,36 @@ Rules every step and compensation follows (and the services implement):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+
+from app.domain.commands import (
+    AuthorizePayment,
+    CancelShipment,
+    CapturePayment,
+    Command,
+    CompleteOrder,
+    RefundPayment,
+    ReleaseInventory,
+    ReserveInventory,
+    ScheduleShipment,
+    VoidPayment,
+)
+from app.domain.states import StepOutcome
+
+#: What an event may say of a step (kept by these names for importers).
+DONE, FAILED = StepOutcome.DONE, StepOutcome.FAILED
 
 
 @dataclass(frozen=True)
 class Compensation:
     name: str  # what it undoes, by grammar: release_inventory, refund_payment
     task: str  # "<service>.<verb>"
+    command: type[Command] = Command  # its one argument (the order id, for every compensation)
+    done_events: tuple[str, ...] = ()  # the events that say it is done
+
+    @property
+    def service(self) -> str:
+        return self.task.split(".", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -30,10 +60,23 @@ class Step:
     name: str
     task: str
     compensation: Compensation | None = None
+    #: its one argument; the order builds it from what it knows of the order (its id, lines,
+    #: total, currency, payment token, address), each command taking the fields it declares
+    command: type[Command] = Command
+    done_events: tuple[str, ...] = ()  # the events that say it is done
+    failed_events: tuple[str, ...] = ()  # ... and that it failed
+    #: choreography: the task that runs the step on an event (``"<service>.<verb>"``, the verb
+    #: naming the service method that decides from the event whether and how to run it)
+    reaction: str | None = None
 
     @property
     def service(self) -> str:
         return self.task.split(".", 1)[0]
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """Every event the step may emit, whoever starts it."""
+        return self.done_events + self.failed_events
 
 
 @dataclass(frozen=True)
@@ -42,6 +85,9 @@ class Saga:
     phases: tuple[tuple[Step, ...], ...]
     compensate_task: str  # receives CompensateOrder when any step fails
     cancel_task: str  # runs after the last compensation
+    #: steps after the saga has ended, run on the order's own events in both styles (no canvas
+    #: sends them): they report in the order's view of its saga like any step
+    epilogue: tuple[Step, ...] = ()
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
@@ -59,6 +105,11 @@ class Saga:
     @property
     def steps(self) -> tuple[Step, ...]:
         return tuple(step for phase in self.phases for step in phase)
+
+    @property
+    def compensations(self) -> tuple[Compensation, ...]:
+        """Every step's compensation, in the order they run (newest first)."""
+        return self.compensations_through(self.steps[-1].name)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -85,18 +136,83 @@ class Saga:
                     undo.append(step.compensation)
         return tuple(undo)
 
+    @cached_property
+    def step_events(self) -> dict[str, tuple[str, StepOutcome]]:
+        """What an event says about a step: event type -> ``(step or compensation, outcome)``,
+        for every event only one step reports. (An event several steps may emit names its
+        step in its payload: see :meth:`steps_failing_with`.)"""
+        reports: dict[str, list[tuple[str, StepOutcome]]] = {}
+        for step in (*self.steps, *self.epilogue):
+            for outcome, events in ((DONE, step.done_events), (FAILED, step.failed_events)):
+                for event_type in events:
+                    reports.setdefault(event_type, []).append((step.name, outcome))
+            if step.compensation is not None:
+                for event_type in step.compensation.done_events:
+                    reports.setdefault(event_type, []).append((step.compensation.name, DONE))
+        return {event_type: found[0] for event_type, found in reports.items() if len(found) == 1}
+
+    def steps_failing_with(self, event_type: str) -> tuple[str, ...]:
+        """The steps that report their failure with ``event_type``, first step first."""
+        return tuple(step.name for step in self.steps if event_type in step.failed_events)
+
 
 CHECKOUT = Saga(
     name="checkout",
     phases=(
         (
-            Step("reserve_inventory", "inventory.reserve", Compensation("release_inventory", "inventory.release")),
-            Step("authorize_payment", "payment.authorize", Compensation("void_payment", "payment.void")),
+            Step(
+                "reserve_inventory",
+                "inventory.reserve",
+                Compensation("release_inventory", "inventory.release", ReleaseInventory, ("InventoryReleased",)),
+                ReserveInventory,
+                ("InventoryReserved",),
+                ("InventoryReservationFailed",),
+                reaction="inventory.reserve_on_placed",
+            ),
+            Step(
+                "authorize_payment",
+                "payment.authorize",
+                Compensation("void_payment", "payment.void", VoidPayment, ("PaymentVoided",)),
+                AuthorizePayment,
+                ("PaymentAuthorized",),
+                ("PaymentDeclined", "PaymentFailed"),
+                reaction="payment.authorize_on_placed",
+            ),
         ),
-        (Step("schedule_shipping", "shipping.schedule", Compensation("cancel_shipment", "shipping.cancel")),),
-        (Step("capture_payment", "payment.capture", Compensation("refund_payment", "payment.refund")),),
-        (Step("complete_order", "order.complete"),),
+        (
+            Step(
+                "schedule_shipping",
+                "shipping.schedule",
+                Compensation("cancel_shipment", "shipping.cancel", CancelShipment, ("ShipmentCancelled",)),
+                ScheduleShipment,
+                ("ShipmentScheduled",),
+                ("ShipmentFailed",),
+                reaction="shipping.join",
+            ),
+        ),
+        (
+            Step(
+                "capture_payment",
+                "payment.capture",
+                Compensation("refund_payment", "payment.refund", RefundPayment, ("PaymentRefunded",)),
+                CapturePayment,
+                ("PaymentCaptured",),
+                ("PaymentFailed",),
+                reaction="payment.capture_on_scheduled",
+            ),
+        ),
+        (
+            Step(
+                "complete_order",
+                "order.complete",
+                command=CompleteOrder,
+                done_events=("OrderCompleted",),
+                reaction="order.complete_on_captured",
+            ),
+        ),
     ),
     compensate_task="order.compensate",
     cancel_task="order.cancel",
+    # after OrderCompleted the reserved stock becomes committed (shipped)
+    epilogue=(Step("commit_inventory", "inventory.commit", done_events=("InventoryCommitted",)),),
 )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-
 import pycountry
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_QTY = 1000
 MAX_LINES = 100

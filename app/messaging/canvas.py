@@ -19,6 +19,7 @@ The compensations then run as a chain, newest first, ending in ``order.cancel``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, chain, chord, group
@@ -57,7 +58,7 @@ def build_saga(
     app: Celery,
     saga: Saga,
     order_id: str,
-    commands: dict[str, dict[str, Any]],
+    commands: Mapping[str, dict[str, Any]],
     done: frozenset[str] = frozenset(),
 ) -> Signature:
     """The forward path of one saga, with its error callbacks — from the first phase with a
@@ -99,3 +100,22 @@ def build_compensation(
     links = [_sig(app, comp.task, body) for comp in compensations]
     links.append(_sig(app, saga.cancel_task, cancel_command))
     return chain(*links, app=app)
+
+
+class CanvasDispatcher:
+    """The saga's dispatcher over Celery (:class:`app.domain.ports.SagaDispatcher`): each
+    plan of the order's coordinator goes out as the canvas built from the definition."""
+
+    def __init__(self, app: Celery, saga: Saga) -> None:
+        self.app = app
+        self.saga = saga
+
+    def run_saga(
+        self, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = frozenset()
+    ) -> None:
+        build_saga(self.app, self.saga, order_id, commands, done).apply_async()
+
+    def run_compensation(
+        self, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
+    ) -> None:
+        build_compensation(self.app, self.saga, order_id, compensations, cancel_command).apply_async()

@@ -11,6 +11,10 @@ one whose task headers or body do not have the shape of a task message of protoc
 (Celery would raise on such a message inside its consumer instead of rejecting it). With
 signing on (``app/messaging/signing.py``) a message that is not signed, or whose signature does not
 verify against the trusted certificates, is dead-lettered as forged or unsigned.
+
+Celery builds the consumer itself (``worker_consumer``), so what it needs — the dead-letter
+store, the queues it may keep letters for, the size limit, whether signing is on — comes
+with its class: :func:`bind_consumer` makes the one the composition root configures.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import base64
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from celery.exceptions import SecurityError
 from celery.worker.consumer import Consumer
@@ -27,6 +32,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 from vine import promise
 
+from app.persistence.deadletters import DeadLetterStore
 from config.settings import SERVICES
 
 log = logging.getLogger("checkout.consumer")
@@ -130,14 +136,9 @@ def shape_problem(message: Message, tasks: Any) -> str | None:
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
         return "the body's args are not a list or its kwargs not an object"
     if embed is not None:
-        if not isinstance(embed, dict):
-            return "the body's embed is not an object"
-        for key in EMBED_LISTS:
-            value = embed.get(key)
-            if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
-                return f"the body's {key} is not a list of signatures"
-        if embed.get("chord") is not None and not isinstance(embed["chord"], dict):
-            return "the body's chord is not a signature"
+        problem = _embed_problem(embed)
+        if problem is not None:
+            return problem
     check = getattr(task, "__header__", None)
     if check is not None:
         try:
@@ -147,12 +148,39 @@ def shape_problem(message: Message, tasks: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ConsumerContext:
+    """What the consumer needs besides Celery's own arguments."""
+
+    dead_letters: DeadLetterStore | None  # None: refuse malformed messages, keep nothing
+    services: tuple[str, ...]  # the queues whose dead letters can be kept (the services', extensions')
+    max_message_bytes: int | None  # None: no size limit
+    signing: bool  # signatures are checked: a message that fails is forged or unsigned
+
+
+#: The consumer as configured by name (``config.celery``), outside a composed system.
+UNBOUND = ConsumerContext(dead_letters=None, services=SERVICES, max_message_bytes=None, signing=False)
+
+
+def _embed_problem(embed: Any) -> str | None:
+    if not isinstance(embed, dict):
+        return "the body's embed is not an object"
+    for key in EMBED_LISTS:
+        value = embed.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            return f"the body's {key} is not a list of signatures"
+    if embed.get("chord") is not None and not isinstance(embed["chord"], dict):
+        return "the body's chord is not a signature"
+    return None
+
+
 class CheckoutConsumer(Consumer):  # type: ignore[misc]
+    context: ClassVar[ConsumerContext] = UNBOUND
+
     def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
         """Celery's handler of each delivered message, behind the size and shape checks."""
         handle = super().create_task_handler(promise)
-        rt = getattr(self.app, "checkout_runtime", None)
-        limit = rt.settings.max_message_bytes if rt is not None else None
+        limit = self.context.max_message_bytes
 
         def on_task_received(message: Message) -> None:
             if limit is not None and len(body_bytes(message)) > limit:
@@ -182,19 +210,18 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
         return on_task_received
 
     def _dead_letter(self, message: Message, reason: str, error: BaseException | None, keep: int | None = None) -> None:
-        rt = getattr(self.app, "checkout_runtime", None)
+        dead_letters, known = self.context.dead_letters, self.context.services
         routing_key = str((message.delivery_info or {}).get("routing_key") or "")
         service = routing_key.split(".", 1)[0]
-        known = tuple(rt.databases) if rt is not None else SERVICES  # the services', and extensions'
         if service not in known:
             consumed = [q.name for q in self.app.amqp.queues.consume_from.values()]
             service = next((q for q in consumed if q in known), "order")
         headers = _headers(message)
         task = headers.get("task")
         key = message_key(message)
-        if rt is not None:
+        if dead_letters is not None:
             try:
-                rt.dead_letters.record(
+                dead_letters.record(
                     service,
                     message_key=key,
                     queue=service,
@@ -211,12 +238,8 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
                 log.exception("could not record a malformed message of queue %s", service)
         log.warning("dead-lettered a malformed message on %s: %s", service, reason)
 
-    def _signing(self) -> bool:
-        rt = getattr(self.app, "checkout_runtime", None)
-        return rt is not None and rt.settings.signing == "on"
-
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        reason = security_failure(exc, self._signing()) or f"undecodable message: {exc}"
+        reason = security_failure(exc, self.context.signing) or f"undecodable message: {exc}"
         self._dead_letter(message, reason, exc)
         message.reject(requeue=False)
 
@@ -230,6 +253,11 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
-        reason = security_failure(exc, self._signing()) or f"invalid task message: {exc}"
+        reason = security_failure(exc, self.context.signing) or f"invalid task message: {exc}"
         self._dead_letter(message, reason, exc)
         super().on_invalid_task(body, message, exc)
+
+
+def bind_consumer(context: ConsumerContext) -> type[CheckoutConsumer]:
+    """The consumer class of one composed system, for its Celery app's ``worker_consumer``."""
+    return type(CheckoutConsumer.__name__, (CheckoutConsumer,), {"context": context})

@@ -10,22 +10,21 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
 from app.domain.catalog import CATALOG
+from app.domain.states import TERMINAL, OrderStatus
 from app.persistence.deadletters import DEAD
 from app.services.inventory import reservation_rows
-from app.services.order import TERMINAL, order_rows, timeline
+from app.services.order import order_rows, timeline
 from app.services.payment import payment_rows
 from app.services.shipping import shipment_rows
 
-from typing import TYPE_CHECKING
-
 if TYPE_CHECKING:
-    from app.bootstrap import Runtime
+    from app.operations.system import System
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Report:
         return f"{len(self.violations)} violation(s) over {self.orders} orders ({counts})"
 
 
-def audit(rt: Runtime, settle: float = 0.0) -> Report:
+def audit(rt: System, settle: float = 0.0) -> Report:
     """Check every invariant; with ``settle`` > 0, retry until clean or time is up."""
     deadline = time.monotonic() + settle
     while True:
@@ -60,7 +59,7 @@ def audit(rt: Runtime, settle: float = 0.0) -> Report:
         time.sleep(0.2)
 
 
-def _audit_once(rt: Runtime) -> Report:
+def _audit_once(rt: System) -> Report:
     report = Report()
     bad = report.violations
     orders = {o["order_id"]: o for o in order_rows(rt.databases["order"])}
@@ -96,7 +95,7 @@ def _audit_once(rt: Runtime) -> Report:
     return report
 
 
-def _check_logs(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
+def _check_logs(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
     """Each event once across the logs, published, and in its order's timeline; how many events."""
     in_timeline = set(rt.databases["order"].query(lambda c: c.execute(select(timeline.c.event_id)).scalars().all()))
     seen: Counter[str] = Counter()
@@ -117,7 +116,7 @@ def _check_logs(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) 
     return sum(seen.values())
 
 
-def _check_dead_letters(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
+def _check_dead_letters(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
     """No open dead letter holds up an unfinished order; how many are open."""
     letters = rt.dead_letters.find(status=DEAD)
     for letter in letters:
@@ -129,7 +128,7 @@ def _check_dead_letters(rt: Runtime, orders: dict[str, dict[str, Any]], bad: lis
     return len(letters)
 
 
-def _check_stock(rt: Runtime, reservations: dict[str, dict[str, Any]], bad: list[str]) -> None:
+def _check_stock(rt: System, reservations: dict[str, dict[str, Any]], bad: list[str]) -> None:
     held: dict[str, Counter[str]] = defaultdict(Counter)
     for res in reservations.values():
         for line in res["lines"]:
@@ -165,7 +164,7 @@ def _check_order(
     net = 0 if payment is None else payment["captured_cents"] - payment["refunded_cents"]
     if payment is not None and payment["status"] == "AUTHORIZED" and status in TERMINAL:
         bad.append(f"order {oid}: payment authorized but neither captured nor voided")
-    if status == "COMPLETED":
+    if status == OrderStatus.COMPLETED:
         if net != order["total_cents"]:
             bad.append(f"order {oid}: COMPLETED but captured - refunded = {net}, total is {order['total_cents']}")
         if reservation is None or reservation["status"] != "COMMITTED":
@@ -174,7 +173,7 @@ def _check_order(
             bad.append(f"order {oid}: COMPLETED but payment is {_state(payment)}, not captured")
         if shipment is None or shipment["status"] != "SCHEDULED":
             bad.append(f"order {oid}: COMPLETED but shipment is {_state(shipment)}, not scheduled")
-    elif status == "CANCELLED":
+    elif status == OrderStatus.CANCELLED:
         if net != 0:
             bad.append(f"order {oid}: CANCELLED but captured - refunded = {net}")
         if reservation is not None and reservation["status"] != "RELEASED":
@@ -185,7 +184,7 @@ def _check_order(
             bad.append(f"order {oid}: CANCELLED but shipment is {shipment['status']}, not cancelled")
 
 
-def _check_gateway(rt: Runtime, orders: dict[str, dict[str, Any]], bad: list[str]) -> None:
+def _check_gateway(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]) -> None:
     """What the gateway itself did: each operation at most once per order, and every
     authorization that was not captured was voided."""
     rows = rt.databases["payment"].query(lambda c: c.execute(select(ledger).where(ledger.c.outcome == "ok")).all())

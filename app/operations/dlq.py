@@ -13,16 +13,15 @@ import base64
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kombu import Producer
-
 from app.domain.commands import CompensateOrder
 from app.messaging.consumer import message_key
-from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
+from app.messaging.publisher import publish_raw
 from app.messaging.tasks import FIRST_FAILURE
-from config.celery import EXCHANGE, dead_letter_queue_name, dead_letter_queues
+from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
+from config.celery import dead_letter_queue_name, dead_letter_queues
 
 if TYPE_CHECKING:
-    from app.bootstrap import Runtime
+    from app.operations.system import System
 
 RESOLVED = "RESOLVED"
 
@@ -37,7 +36,7 @@ class Redriven:
 
 
 class DeadLetterOps:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: System) -> None:
         self.rt = rt
         self.store = rt.dead_letters
 
@@ -135,17 +134,14 @@ class DeadLetterOps:
             signature["options"] = options
             self.rt.celery.signature(signature).apply_async()
             return
-        with self.rt.celery.connection_for_write() as conn:
-            Producer(conn.default_channel).publish(
-                base64.b64decode(message["body"]),
-                exchange=EXCHANGE,
-                routing_key=message.get("routing_key") or f"{letter.queue}.task",
-                headers=message.get("headers") or {},
-                content_type=message.get("content_type"),
-                content_encoding=message.get("content_encoding"),
-                declare=[EXCHANGE],
-                retry=True,
-            )
+        publish_raw(
+            self.rt.celery,
+            base64.b64decode(message["body"]),
+            routing_key=message.get("routing_key") or f"{letter.queue}.task",
+            headers=message.get("headers") or {},
+            content_type=message.get("content_type"),
+            content_encoding=message.get("content_encoding"),
+        )
 
     def _take_from_broker(self, letter: DeadLetter) -> bool:
         """RabbitMQ: remove the letter's message from ``<queue>.dlq`` (others stay, in order)."""

@@ -19,14 +19,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
 from flower import urls
 from flower.options import default_options
 from flower.views.monitor import Metrics
 from tornado import web
 
-from app.messaging import signing
-from config.celery import celery_config
+from app.messaging.monitor import monitor_app
 from config.settings import Settings, load_settings
 
 METRICS_ROUTE = r"/metrics"
@@ -70,15 +68,6 @@ def basic_auth(settings: Settings) -> str:
             "(HTTP basic auth for its pages, its API and /metrics)"
         )
     return f"{user}:{password}"
-
-
-def monitor_app(settings: Settings) -> Celery:
-    """A Celery app for watching, not working: the system's broker, namespace and queues,
-    and no tasks or database of its own."""
-    app = Celery("checkout", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    signing.install(app, settings)  # Flower's control messages are signed like everyone's
-    return app
 
 
 def main() -> int:

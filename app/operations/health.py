@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 
 if TYPE_CHECKING:
-    from app.bootstrap import Runtime
+    from app.operations.system import System
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Check:
     detail: str
 
 
-def check(rt: Runtime, services: tuple[str, ...], timeout: float = 2.0, host: str | None = None) -> list[Check]:
+def check(rt: System, services: tuple[str, ...], timeout: float = 2.0, host: str | None = None) -> list[Check]:
     """The broker, each service's database, and a worker on each service's queue — only the
     one named ``<service>@<host>`` (as ``-n <service>@%h`` names it) when ``host`` is given."""
     results = [_broker(rt, timeout)]
@@ -36,7 +36,7 @@ def check(rt: Runtime, services: tuple[str, ...], timeout: float = 2.0, host: st
     return results
 
 
-def _broker(rt: Runtime, timeout: float) -> Check:
+def _broker(rt: System, timeout: float) -> Check:
     url = rt.celery.connection_for_write().as_uri()
     try:
         with rt.celery.connection_for_write() as conn:
@@ -46,7 +46,7 @@ def _broker(rt: Runtime, timeout: float) -> Check:
     return Check("broker", True, url)
 
 
-def _database(rt: Runtime, service: str) -> Check:
+def _database(rt: System, service: str) -> Check:
     db = rt.databases[service]
     url = db.engine.url.render_as_string(hide_password=True)
     try:
@@ -57,7 +57,7 @@ def _database(rt: Runtime, service: str) -> Check:
     return Check(f"database {service}", True, url)
 
 
-def _workers(rt: Runtime, services: tuple[str, ...], timeout: float, host: str | None = None) -> list[Check]:
+def _workers(rt: System, services: tuple[str, ...], timeout: float, host: str | None = None) -> list[Check]:
     destination = [f"{service}@{host}" for service in services] if host else None
     replies = rt.celery.control.inspect(timeout=timeout, destination=destination).active_queues() or {}
     consumers: dict[str, list[str]] = {service: [] for service in services}

@@ -32,17 +32,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from config.celery import dead_letter_queue_name
+from app.domain.states import OrderStatus
+from app.messaging.queues import queue_depths as broker_queue_depths
 from config.settings import SERVICES
 
 if TYPE_CHECKING:
-    from app.bootstrap import Runtime
+    from app.operations.system import System
 
 log = logging.getLogger("checkout.metrics")
 
@@ -61,7 +62,7 @@ DEFAULT_ADDRESS = "127.0.0.1"
 class SagaCollector(Collector):
     """Reads every metric from the runtime's databases and broker at each scrape."""
 
-    def __init__(self, rt: Runtime, broker_timeout: float = 2.0) -> None:
+    def __init__(self, rt: System, broker_timeout: float = 2.0) -> None:
         self.rt = rt
         self.broker_timeout = broker_timeout
 
@@ -92,19 +93,23 @@ class SagaCollector(Collector):
         yield CounterMetricFamily("checkout_orders_placed", "Orders placed", value=counts.placed)
         yield CounterMetricFamily("checkout_sagas_started", "Sagas dispatched", value=counts.started)
         yield CounterMetricFamily(
-            "checkout_sagas_completed", "Sagas that ended COMPLETED", value=counts.by_status.get("COMPLETED", 0)
+            "checkout_sagas_completed",
+            "Sagas that ended COMPLETED",
+            value=counts.by_status.get(OrderStatus.COMPLETED, 0),
         )
         cancelled = CounterMetricFamily("checkout_sagas_cancelled", "Sagas that ended CANCELLED", labels=["reason"])
         for reason, count in sorted(counts.cancelled_by_reason.items()):
             cancelled.add_metric([reason], count)
         yield cancelled
         yield GaugeMetricFamily(
-            "checkout_sagas_in_flight", "Sagas still running (PENDING)", value=counts.by_status.get("PENDING", 0)
+            "checkout_sagas_in_flight",
+            "Sagas still running (PENDING)",
+            value=counts.by_status.get(OrderStatus.PENDING, 0),
         )
         yield GaugeMetricFamily(
             "checkout_sagas_needing_attention",
             "Sagas parked because a compensation could not finish (NEEDS_ATTENTION)",
-            value=counts.by_status.get("NEEDS_ATTENTION", 0),
+            value=counts.by_status.get(OrderStatus.NEEDS_ATTENTION, 0),
         )
         histogram = HistogramMetricFamily(
             "checkout_saga_duration_seconds",
@@ -112,7 +117,7 @@ class SagaCollector(Collector):
             labels=["status"],
         )
         found = {d.status: d for d in self.rt.order.saga_durations(DURATION_BUCKETS)}
-        for status in ("COMPLETED", "CANCELLED"):  # both series exist from the start
+        for status in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):  # both series exist from the start
             durations = found.get(status)
             cumulative = durations.buckets if durations else tuple((bound, 0) for bound in DURATION_BUCKETS)
             total = durations.count if durations else 0
@@ -192,54 +197,25 @@ def _bound(bound: float) -> str:
     return str(float(bound))
 
 
-def queue_depths(rt: Runtime, timeout: float = 2.0) -> dict[str, tuple[int, int]]:
-    """Queue name -> (messages waiting, consumers) for every service queue, and on RabbitMQ
-    every ``<queue>.dlq``. Redis: the queue's list length (over its priority lists);
-    RabbitMQ: a passive declare (nothing is created). Raises if the broker does not answer."""
-    amqp = rt.settings.broker_kind == "amqp"
-    queues = rt.settings.queues
-    names = list(queues) + ([dead_letter_queue_name(s) for s in queues] if amqp else [])
-    depths: dict[str, tuple[int, int]] = {}
-    with rt.celery.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
-        for name in names:
-            if amqp:
-                # a passive declare of a missing queue closes its channel: one channel each
-                channel = conn.channel()
-                try:
-                    _, count, consuming = channel.queue_declare(queue=name, passive=True)
-                except conn.channel_errors:
-                    log.info("metrics: queue %s is not declared (yet)", name)
-                    continue
-                finally:
-                    _close_quietly(channel)
-            else:
-                # kombu's virtual transports: declaring creates nothing, and counts every priority list
-                _, count, consuming = conn.default_channel.queue_declare(queue=name, passive=False)
-            depths[name] = (int(count), int(consuming))
-    return depths
+def queue_depths(rt: System, timeout: float = 2.0) -> dict[str, tuple[int, int]]:
+    """Queue name -> (messages waiting, consumers) of the system's queues
+    (:func:`app.messaging.queues.queue_depths`)."""
+    return broker_queue_depths(rt.celery, rt.settings, timeout)
 
 
-def _close_quietly(channel: Any) -> None:
-    try:
-        channel.close()
-    except Exception:  # already closed by the broker
-        log.debug("metrics: channel already closed", exc_info=True)
-
-
-def registry(rt: Runtime) -> CollectorRegistry:
+def registry(rt: System) -> CollectorRegistry:
     """A registry holding only the saga collector."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(SagaCollector(rt))
     return reg
 
 
-def exposition(rt: Runtime) -> str:
+def exposition(rt: System) -> str:
     """The metrics in Prometheus' text format, as one scrape would return them."""
     return generate_latest(registry(rt)).decode()
 
 
-def serve(rt: Runtime, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS) -> None:
+def serve(rt: System, port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS) -> None:
     """Serve ``/metrics`` on ``address:port`` until interrupted (Ctrl-C or SIGTERM)."""
     import signal
 

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from config.settings import SERVICES, Settings
 
 if TYPE_CHECKING:
-    from app.bootstrap import Runtime
+    from app.operations.system import System
 
 log = logging.getLogger("checkout.relay")
 
@@ -56,7 +56,7 @@ class Round:
     complete: bool = True  # every outbox read, and everything found in them sent
 
 
-def sweep_once(rt: Runtime) -> Round:
+def sweep_once(rt: System) -> Round:
     """Send every service's events left in its outbox (see the module's docstring)."""
     grace = rt.settings.outbox_grace_seconds
     result = Round()
@@ -84,7 +84,7 @@ def sweep_once(rt: Runtime) -> Round:
     return result
 
 
-def serve(rt: Runtime, stop: threading.Event) -> None:
+def serve(rt: System, stop: threading.Event) -> None:
     """Sweep every outbox now and then every CHECKOUT_OUTBOX_SWEEP_SECONDS until ``stop`` is
     set, touching the relay's heartbeat after each complete round."""
     settings = rt.settings
@@ -139,17 +139,16 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def main(settings: Settings, once: bool = False) -> int:
-    """``python -m app relay``: refuse the embedded broker, prepare, then serve (or one round)."""
+def main(settings: Settings, make_system: Callable[[Settings], System], once: bool = False) -> int:
+    """``python -m app relay``: refuse the embedded broker, build the system
+    (``make_system``: the composition root's), prepare, then serve (or one round)."""
     if settings.embedded:
         raise SystemExit(
             "relay not started: CHECKOUT_BROKER_URL is the in-process memory:// broker, which no other "
             "process can reach (embedded, each process sweeps its own outboxes); set it to the Redis or "
             "RabbitMQ the workers use"
         )
-    from app.bootstrap import Runtime
-
-    rt = Runtime(settings)
+    rt = make_system(settings)
     try:
         try:
             rt.prepare()

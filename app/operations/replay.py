@@ -30,11 +30,12 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, func, insert, select
 
-from app.persistence.outbox import Publisher
-from app.persistence.db import Database, UnitOfWork, row_to_envelope, utcnow
 from app.domain.events import REGISTRY, Envelope
-from app.services.order import NEEDS_ATTENTION, OrderFacts, fold, orders, timeline
+from app.domain.states import OrderStatus
 from app.domain.subscriptions import SUBSCRIPTIONS
+from app.persistence.db import Database, UnitOfWork, row_to_envelope, utcnow
+from app.persistence.outbox import Publisher
+from app.services.order import ORDER_SUMMARY, OrderFacts, fold, orders, timeline
 
 # --- replay ----------------------------------------------------------------------------
 
@@ -275,7 +276,7 @@ def rebuild_orders(databases: Mapping[str, Database]) -> RebuildReport:
 def _compare(row: dict[str, Any], timeline_ids: set[str], facts: OrderFacts, types: dict[str, str]) -> list[Difference]:
     oid = facts.order_id
     found: list[Difference] = []
-    status = "PENDING" if row["status"] == NEEDS_ATTENTION else row["status"]
+    status = OrderStatus.PENDING if row["status"] == OrderStatus.NEEDS_ATTENTION else row["status"]
     if status != facts.status:
         found.append(Difference(oid, "status", row["status"], facts.status))
     for name in ("reason", "customer_id", "total_cents", "currency"):
@@ -295,15 +296,7 @@ def _compare(row: dict[str, Any], timeline_ids: set[str], facts: OrderFacts, typ
 
 
 def _live_orders(db: Database) -> list[dict[str, Any]]:
-    query = select(
-        orders.c.order_id,
-        orders.c.customer_id,
-        orders.c.status,
-        orders.c.reason,
-        orders.c.total_cents,
-        orders.c.currency,
-        orders.c.steps,
-    )
+    query = select(*ORDER_SUMMARY, orders.c.steps)
     return [dict(r._mapping) for r in db.query(lambda c: c.execute(query).all())]
 
 

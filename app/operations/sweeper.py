@@ -33,20 +33,50 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from celery import Celery
-
-from app.messaging.canvas import build_compensation, build_saga
-from config.settings import SERVICES
-
-if TYPE_CHECKING:
-    from app.bootstrap import Runtime
+from app.domain.states import Move
+from app.messaging import Celery
+from app.messaging.queues import queue_depths
+from app.services.order import Coordinator
+from config.settings import SERVICES, Settings
 
 log = logging.getLogger("checkout.sweeper")
 
 #: Never sent again by the sweeper: it re-dispatches the saga itself.
 NOT_RESENT = frozenset({"order.start"})
+
+
+class SweptOrders(Protocol):
+    """What the sweeper asks the order service (:class:`app.services.order.OrderService`)."""
+
+    def stalled(self, limit: int = ...) -> list[tuple[str, datetime]]: ...
+
+    def progress_front(self) -> datetime | None: ...
+
+    def unsettled(self, limit: int = ...) -> list[str]: ...
+
+
+class Redelivery(Protocol):
+    """The relay's (:class:`app.persistence.outbox.Relay`): send an order's missing deliveries again."""
+
+    def redeliver(self, order_id: str, skip: frozenset[str] = ...) -> int: ...
+
+
+class Swept(Protocol):
+    """The system the sweeper sweeps (the composition root's runtime): its settings, its
+    orders, its relay, and the orchestrator that re-drives through a Celery app."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def order(self) -> SweptOrders: ...
+
+    @property
+    def relay(self) -> Redelivery: ...
+
+    def coordinator_for(self, app: Celery) -> Coordinator: ...
 
 
 @dataclass
@@ -83,25 +113,27 @@ class Evidence:
         return False
 
 
-def waiting_messages(rt: Runtime) -> int | None:
-    from app.operations.metrics import queue_depths
-
+def waiting_messages(app: Celery, settings: Settings) -> int | None:
     try:
-        depths = queue_depths(rt, timeout=2.0)
+        depths = queue_depths(app, settings, timeout=2.0)
     except Exception:  # the broker is away: nothing can be re-driven now anyway
         log.warning("sweeper: could not read the queues' depths", exc_info=True)
         return None
     return sum(depths[q][0] for q in SERVICES if q in depths)
 
 
-def redrive_overdue(rt: Runtime, app: Celery) -> SweepReport:
+def redrive_overdue(system: Swept, app: Celery) -> SweepReport:
+    """One round: re-drive the lost sagas (within the round's budget), through ``app``, and
+    send again the missing deliveries of the finished orders whose story may have a gap."""
     report = SweepReport()
-    settings = rt.settings
+    settings = system.settings
     budget = settings.sweep_max_redrives
     give_up = timedelta(seconds=settings.saga_give_up_seconds)
-    stalled = rt.order.stalled(limit=budget * 4)
+    coordinator = system.coordinator_for(app)
+    orders, relay = system.order, system.relay
+    stalled = orders.stalled(limit=budget * 4)
     if stalled:
-        evidence = Evidence(waiting_messages(rt), rt.order.progress_front())
+        evidence = Evidence(waiting_messages(app, settings), orders.progress_front())
         for order_id, last_progress in stalled:
             if not evidence.lost(last_progress):
                 report.queued.append(order_id)
@@ -109,23 +141,18 @@ def redrive_overdue(rt: Runtime, app: Celery) -> SweepReport:
             if budget == 0:
                 report.deferred += 1
                 continue
-            plan = rt.order.plan_redrive(order_id, give_up)
+            plan = coordinator.plan_redrive(order_id, give_up)
             if plan is None:
                 continue
             budget -= 1
-            report.resent += rt.relay.redeliver(order_id, NOT_RESENT)
-            if plan.compensation is not None:
-                comp = plan.compensation
-                build_compensation(app, rt.saga, order_id, comp.compensations, comp.cancel_command).apply_async()
+            report.resent += relay.redeliver(order_id, NOT_RESENT)
+            if coordinator.redrive(plan) == Move.COMPENSATED:
                 report.compensated.append(order_id)
-            elif plan.resume is not None:
-                build_saga(app, rt.saga, order_id, plan.resume.commands, plan.done).apply_async()
-                report.resumed.append(order_id)
-            else:  # choreography: no canvas; the deliveries sent again move the saga on
+            else:  # the forward path resumed (choreography: the deliveries sent again move it on)
                 report.resumed.append(order_id)
     if budget > 0:
-        for order_id in rt.order.unsettled(limit=budget):
-            report.resent += rt.relay.redeliver(order_id, NOT_RESENT)
+        for order_id in orders.unsettled(limit=budget):
+            report.resent += relay.redeliver(order_id, NOT_RESENT)
             report.republished.append(order_id)
     if report.resumed or report.compensated or report.resent:
         log.warning("sweeper: %s", report)

@@ -1,6 +1,6 @@
 """Which attempt at a saga step this is, and since when — for the order's story.
 
-Only the task adapter (``app/messaging/tasks.py``) knows how often a step's message was tried
+Only the task adapter (``app/messaging/tasks/kit.py``) knows how often a step's message was tried
 (retries, a broker redelivery) and when its first attempt started (a header kept across
 retries); the services know nothing of messages. The adapter binds both here, around the
 service call, and the unit of work (``app/persistence/db.py``) stamps them on the step's record and on

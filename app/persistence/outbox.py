@@ -14,15 +14,15 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from app.persistence.db import Database
 from app.domain.events import Envelope
 from app.domain.subscriptions import CONSUMER_STEPS, consumers_of
+from app.persistence.db import Database
 
 log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    """Sends one message to a task. Implemented over Celery in ``app/messaging/tasks.py``."""
+    """Sends one message to a task. Implemented over Celery in ``app/messaging/publisher.py``."""
 
     def send(self, task: str, body: dict[str, Any], *, message_id: str, correlation_id: str) -> None: ...
 

@@ -13,10 +13,18 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, insert, select, update
 
 from app.domain.commands import ReleaseInventory, ReserveInventory
-from app.persistence.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
-from app.domain.events import Envelope, InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved
-from app.services.steps import compensation, give_up
+from app.domain.events import (
+    Envelope,
+    InventoryCommitted,
+    InventoryReleased,
+    InventoryReservationFailed,
+    InventoryReserved,
+)
+from app.domain.states import StepOutcome
 from app.domain.values import Line
+from app.persistence.db import Database, StepRecord, UnitOfWork, utcnow
+from app.persistence.tables import standard_tables
+from app.services.steps import compensation, give_up, placed
 
 SERVICE = "inventory"
 metadata = MetaData()
@@ -104,7 +112,7 @@ class InventoryService:
                 )
             )
             uow.emit(InventoryReserved(order_id=cmd.order_id, lines=merged))
-            return uow.record_step(cmd.order_id, step, StepRecord("done"))
+            return uow.record_step(cmd.order_id, step, StepRecord(StepOutcome.DONE))
 
         try:
             return self.db.run(work, causation_id=causation_id)
@@ -116,7 +124,9 @@ class InventoryService:
                 if recorded is not None:
                     return recorded
                 uow.emit(InventoryReservationFailed(order_id=cmd.order_id, reason="out_of_stock", sku=short))
-                return uow.record_step(cmd.order_id, step, StepRecord("failed", "out_of_stock", {"sku": short}))
+                return uow.record_step(
+                    cmd.order_id, step, StepRecord(StepOutcome.FAILED, "out_of_stock", {"sku": short})
+                )
 
             return self.db.run(record_failure, causation_id=causation_id)
 
@@ -140,6 +150,17 @@ class InventoryService:
             confirm=(lambda uow: uow.emit(InventoryReleased(order_id=cmd.order_id, lines=()))) if confirm else None,
             causation_id=causation_id,
         )
+
+    # --- choreography: the same step and compensation, on events ---------------------
+
+    def reserve_on_placed(self, env: Envelope) -> ReserveInventory:
+        """An order was placed: reserve its lines."""
+        return ReserveInventory(order_id=env.key, lines=placed(env).lines)
+
+    def undo(self, env: Envelope, causation_id: str | None = None) -> StepRecord:
+        """A failure event or OrderCancelled: give the order's stock back, and say so even
+        when nothing was reserved (the order is cancelled once every service has said so)."""
+        return self.release(ReleaseInventory(order_id=env.key), causation_id, confirm=True)
 
     # --- reactions to order events --------------------------------------------------
 
@@ -173,7 +194,7 @@ class InventoryService:
         if not self.db.run(work):
             return False
         record = self.release(ReleaseInventory(order_id=env.key), causation_id=env.event_id)
-        return record.outcome == "done"
+        return record.outcome == StepOutcome.DONE
 
     def _release(self, uow: UnitOfWork, order_id: str, lines: list[Line]) -> None:
         for line in lines:

@@ -7,15 +7,16 @@ charge twice.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, insert, select, update
 
 from app.domain.commands import AuthorizePayment, CapturePayment, RefundPayment, VoidPayment
-from app.persistence.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
 from app.domain.errors import BusinessFailure
 from app.domain.events import (
+    Envelope,
     PaymentAuthorized,
     PaymentCaptured,
     PaymentDeclined,
@@ -24,7 +25,11 @@ from app.domain.events import (
     PaymentVoided,
 )
 from app.domain.ports import PaymentGateway
-from app.services.steps import compensation, forward_step_with_call, give_up
+from app.persistence.db import Database, StepRecord, UnitOfWork, utcnow
+from app.persistence.tables import standard_tables
+from app.services.steps import compensation, forward_step_with_call, give_up, placed
+
+log = logging.getLogger("checkout.payment")
 
 SERVICE = "payment"
 metadata = MetaData()
@@ -197,6 +202,30 @@ class PaymentService:
             undo=undo,
             causation_id=causation_id,
         )
+
+    # --- choreography: the same steps and compensations, on events --------------------
+
+    def authorize_on_placed(self, env: Envelope) -> AuthorizePayment | None:
+        """An order was placed: authorize its total (None: the event carries no token)."""
+        evt = placed(env)
+        if evt.payment_token is None:  # placed by an orchestrated system: its canvas authorizes
+            log.warning("order %s: OrderPlaced carries no payment token; not authorizing", env.key)
+            return None
+        return AuthorizePayment(
+            order_id=env.key, amount_cents=evt.total_cents, currency=evt.currency, payment_token=evt.payment_token
+        )
+
+    def capture_on_scheduled(self, env: Envelope) -> CapturePayment:
+        """The shipment is booked: take the payment."""
+        return CapturePayment(order_id=env.key)
+
+    def undo(self, env: Envelope, causation_id: str | None = None) -> str:
+        """A failure event or OrderCancelled: give back what was taken, newest first — refund
+        a capture, then void an authorization — and say so with the void even when there was
+        nothing to void (the order is cancelled once every service has said so)."""
+        refund = self.refund(RefundPayment(order_id=env.key), causation_id)
+        void = self.void(VoidPayment(order_id=env.key), causation_id, confirm=True)
+        return f"{refund.outcome}/{void.outcome}"
 
 
 def _held(uow: UnitOfWork, order_id: str, status: str) -> Held | None:

@@ -7,10 +7,11 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Column, DateTime, MetaData, String, Table, insert, select, update
 
 from app.domain.commands import CancelShipment, ScheduleShipment
-from app.persistence.db import Database, StepRecord, UnitOfWork, standard_tables, utcnow
 from app.domain.errors import BusinessFailure
 from app.domain.events import Envelope, OrderPlaced, ShipmentCancelled, ShipmentFailed, ShipmentScheduled
 from app.domain.ports import Carrier
+from app.persistence.db import Database, StepRecord, UnitOfWork, utcnow
+from app.persistence.tables import standard_tables
 from app.services.steps import compensation, forward_step_with_call, give_up
 
 SERVICE = "shipping"
@@ -152,6 +153,11 @@ class ShippingService:
             return ScheduleShipment(order_id=oid, ship_to=merged["ship_to"], lines=merged["lines"])
 
         return self.db.run(work)
+
+    def undo(self, env: Envelope, causation_id: str | None = None) -> StepRecord:
+        """A failure event or OrderCancelled: cancel the order's shipment, and say so even
+        when none was booked (the order is cancelled once every service has said so)."""
+        return self.cancel(CancelShipment(order_id=env.key), causation_id, confirm=True)
 
 
 def shipment_rows(db: Database) -> list[dict[str, Any]]:

@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from app.persistence.db import Database, StepRecord, UnitOfWork
 from app.domain.errors import BusinessFailure
-from app.domain.events import Event
+from app.domain.events import Envelope, Event, OrderPlaced
+from app.domain.states import StepOutcome
+from app.persistence.db import Database, StepRecord, UnitOfWork
 
 R = TypeVar("R")
 T = TypeVar("T")
 
-DONE = StepRecord("done")
-NOOP = StepRecord("noop")
-PREVENTED = StepRecord("prevented")
+DONE = StepRecord(StepOutcome.DONE)
+NOOP = StepRecord(StepOutcome.NOOP)
+PREVENTED = StepRecord(StepOutcome.PREVENTED)
 
 
 def forward_step_with_call(
@@ -52,7 +53,7 @@ def forward_step_with_call(
             if recorded is not None:
                 return recorded
             on_failure(uow, failure)
-            return uow.record_step(order_id, step, StepRecord("failed", failure.reason))
+            return uow.record_step(order_id, step, StepRecord(StepOutcome.FAILED, failure.reason))
 
         return db.run(record_failure, causation_id=causation_id)
 
@@ -61,10 +62,10 @@ def forward_step_with_call(
         if recorded is not None:
             return recorded
         detail = on_success(uow, result)
-        return uow.record_step(order_id, step, StepRecord("done", detail=detail))
+        return uow.record_step(order_id, step, StepRecord(StepOutcome.DONE, detail=detail))
 
     record = db.run(record_success, causation_id=causation_id)
-    if record.outcome == "prevented":
+    if record.outcome == StepOutcome.PREVENTED:
         undo(result)
     return record
 
@@ -104,7 +105,7 @@ def compensation(
         if forward_record is None:
             uow.record_step(order_id, forward, PREVENTED)
             return noop(uow), None
-        target = find(uow) if forward_record.outcome == "done" else None
+        target = find(uow) if forward_record.outcome == StepOutcome.DONE else None
         if target is None:
             return noop(uow), None
         if external is None:
@@ -139,6 +140,14 @@ def give_up(
             return recorded
         if failure is not None:
             uow.emit(failure)
-        return uow.record_step(order_id, step, StepRecord("failed", reason))
+        return uow.record_step(order_id, step, StepRecord(StepOutcome.FAILED, reason))
 
     return db.run(work, causation_id=causation_id)
+
+
+def placed(env: Envelope) -> OrderPlaced:
+    """Choreography: the OrderPlaced a reaction to it decides from (TypeError for any other)."""
+    evt = env.open()
+    if not isinstance(evt, OrderPlaced):
+        raise TypeError(f"expected OrderPlaced, got {env.event_type}")
+    return evt

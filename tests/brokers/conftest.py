@@ -27,6 +27,7 @@ import pytest
 
 from app.api import System
 from config.settings import SERVICES, Settings
+from tests.conftest import wait_until
 from tests.support.cluster import (
     BROKERS,
     BrokerNamespace,
@@ -37,7 +38,6 @@ from tests.support.cluster import (
     postgres_database,
     worker_env,
 )
-from tests.conftest import wait_until
 
 #: How long ``celery beat`` may take to start and have its first sweep run.
 BEAT_START_TIMEOUT = 60.0

@@ -28,17 +28,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-
-from app.domain.subscriptions import MODES
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
 from app.api import System, validate_order
+from app.domain.subscriptions import MODES
 from app.operations.audit import audit
-from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
 from app.operations.dlq import DeadLetterOps
+from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
 from config.settings import SERVICES
-
 from tests.brokers.test_multiprocess import (
     VOCABULARY,
     Row,

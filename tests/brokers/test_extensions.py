@@ -33,10 +33,10 @@ from sqlalchemy import Connection, func, inspect, select
 
 from app.analytics import CANCELLED, COMPLETED, NAME, DaySales, ended, metadata, sales_by_day
 from app.api import System, validate_order
+from app.bootstrap import Runtime
+from app.domain.events import Envelope
 from app.operations.audit import audit
 from app.persistence.db import Database
-from app.domain.events import Envelope
-from app.bootstrap import Runtime
 from app.services.order import TERMINAL
 from config.settings import SERVICES, Settings
 from tests.conftest import wait_until

@@ -54,14 +54,13 @@ from sqlalchemy import func, select
 
 from app.adapters.fake_gateway import ledger
 from app.api import System, admit_and_place, validate_order
-from app.operations.audit import audit
-from app.persistence.db import as_utc
-from app.operations.dlq import DeadLetterOps
 from app.domain.errors import Busy
-from app.services.order import TERMINAL, orders
 from app.domain.subscriptions import MODES, subscriptions
+from app.operations.audit import audit
+from app.operations.dlq import DeadLetterOps
+from app.persistence.db import as_utc
+from app.services.order import TERMINAL, orders
 from config.settings import SERVICES
-
 from tests.brokers.test_multiprocess import (
     AUDIT_SETTLE,
     VOCABULARY,
@@ -72,12 +71,11 @@ from tests.brokers.test_multiprocess import (
     wait_all_terminal,
 )
 from tests.conftest import wait_until
-from tests.support.load import Capacity, measure_capacity, run_orders, soak_seconds
 from tests.support.cluster import (
-    WaitTimeout,
     BrokerNamespace,
-    broker_outage,
+    WaitTimeout,
     Workers,
+    broker_outage,
     brokers_up,
     log_text,
     rabbitmqctl,
@@ -85,6 +83,7 @@ from tests.support.cluster import (
     start_rabbitmq_app,
     start_redis,
 )
+from tests.support.load import Capacity, measure_capacity, run_orders, soak_seconds
 
 #: Every process of these tests runs with these (the test process's Settings too): a
 #: short deadline and sweep interval so the sweeper recovers a lost saga in seconds, and a

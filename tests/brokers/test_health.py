@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.operations.health import check
 from app.api import System
+from app.operations.health import check
 from config.settings import SERVICES
 from tests.support.cluster import Workers
 

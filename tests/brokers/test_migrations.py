@@ -33,12 +33,11 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, create_engine, func, inspect, select
 
-from app.bootstrap import service_metadata
-from app.persistence import migrations
 from app.api import System, validate_order
+from app.bootstrap import SERVICE_MODULES, service_metadata
 from app.operations.audit import audit
+from app.persistence import migrations
 from app.persistence.db import Database
-from app.bootstrap import SERVICE_MODULES
 from app.services.order import OrderService, orders
 from config.settings import SERVICES, Settings
 from tests.support.cluster import REPO_ROOT, postgres_database

@@ -26,21 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from app.domain.subscriptions import MODES
 from sqlalchemy import select
 
 from app.adapters.fake_gateway import FLAKY_FAILURES, ledger
 from app.api import System, validate_order
-from app.operations.audit import Report, audit
-from app.domain.catalog import CATALOG
-from app.persistence.deadletters import DEAD, DeadLetter
 from app.cli.demo import CASES
+from app.domain.catalog import CATALOG
+from app.domain.subscriptions import MODES
+from app.operations.audit import Report, audit
 from app.operations.dlq import DeadLetterOps
+from app.persistence.deadletters import DEAD, DeadLetter
 from app.services.order import orders
 from config.celery import EXCHANGE, dead_letter_queue_name
 from config.settings import SERVICES
-
 from tests.conftest import wait_until
 from tests.support.cluster import (
     WORKER_CONCURRENCY,

@@ -47,10 +47,10 @@ import pytest
 from sqlalchemy import func, select
 
 from app.api import System
+from app.domain.subscriptions import MODES
 from app.operations.audit import audit
 from app.persistence.db import as_utc
 from app.services.order import orders
-from app.domain.subscriptions import MODES
 from tests.brokers.test_multiprocess import AUDIT_SETTLE
 from tests.support.cluster import BrokerNamespace, WaitTimeout, Workers, poll_until
 from tests.support.load import Capacity, OpenLoop, measure_capacity, run_seconds

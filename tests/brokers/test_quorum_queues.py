@@ -30,8 +30,8 @@ import pytest
 from kombu import Connection, Producer
 
 from app.api import System, validate_order
-from app.operations.dlq import DeadLetterOps
 from app.bootstrap import Runtime
+from app.operations.dlq import DeadLetterOps
 from config.celery import EXCHANGE, dead_letter_queue_name, dead_letter_queues
 from config.settings import SERVICES, Settings
 from tests.brokers.test_multiprocess import (

@@ -29,8 +29,8 @@ from sqlalchemy import select
 from app.adapters.fake_gateway import ledger
 from app.api import System, validate_order
 from app.messaging.consumer import FORGED
-from app.persistence.deadletters import DEAD, DeadLetter
 from app.operations.dlq import DeadLetterOps
+from app.persistence.deadletters import DEAD, DeadLetter
 from tests.brokers.test_multiprocess import (
     SQLITE_TOTAL_ORDERS,
     SQLITE_VOCABULARY,

@@ -17,8 +17,8 @@ from sqlalchemy import func, select, update
 import app
 import app.api
 from app.api import System
-from app.persistence.db import utcnow
 from app.operations.metrics import exposition
+from app.persistence.db import utcnow
 from app.services.order import orders
 from config.settings import Settings
 from tests.conftest import memory_queue_depth, purge_memory_broker

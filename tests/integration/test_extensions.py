@@ -17,8 +17,8 @@ import pytest
 import app
 from app import analytics
 from app.api import System
-from app.operations.audit import audit
 from app.domain.events import Envelope, PaymentDeclined
+from app.operations.audit import audit
 from app.operations.replay import Selection, plan_replay, send
 from config.settings import Settings
 from tests.conftest import purge_memory_broker, wait_until

@@ -17,8 +17,8 @@ from sqlalchemy import delete
 import app
 from app.api import System
 from app.operations.audit import audit
-from app.persistence.db import UnitOfWork
 from app.operations.replay import Selection, plan_replay, send
+from app.persistence.db import UnitOfWork
 from app.services.order import timeline
 from tests.conftest import wait_until
 

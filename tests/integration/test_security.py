@@ -19,8 +19,8 @@ from sqlalchemy import select
 import app
 from app.adapters.fake_gateway import ledger
 from app.api import System
-from app.operations.audit import audit
 from app.messaging.consumer import FORGED
+from app.operations.audit import audit
 from app.persistence.deadletters import DeadLetter
 from config.settings import Settings
 from tests.conftest import wait_until

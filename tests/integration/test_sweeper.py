@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 import app
 import app.api
-from app.api import System
 from app.analytics import sales_by_day
+from app.api import System
 from app.operations.audit import audit
 from app.persistence.outbox import Publisher
 from app.services.order import orders

@@ -1,10 +1,11 @@
 """The worker's message consumer without a broker: hand it messages, see what it did.
 
-:class:`ConsumerProbe` builds the real :class:`app.messaging.consumer.CheckoutConsumer` of a Celery
-app (its task strategies included) with stand-ins for the worker around it, and takes the
-handler Celery calls for every delivered message. :meth:`ConsumerProbe.deliver` gives it a
-kombu message and reports what became of it: handed on to the pool (a task request),
-rejected, acknowledged, and the dead letter recorded for it (if any).
+:class:`ConsumerProbe` builds the real :class:`app.messaging.consumer.CheckoutConsumer` of a
+Celery app (the class its ``worker_consumer`` names, as a worker does, with its task
+strategies) with stand-ins for the worker around it, and takes the handler Celery calls for
+every delivered message. :meth:`ConsumerProbe.deliver` gives it a kombu message and reports
+what became of it: handed on to the pool (a task request), rejected, acknowledged, and the
+dead letter recorded for it (if any).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from celery.worker import state as worker_state
 from kombu.message import Message
 from kombu.serialization import prepare_accept_content
 
+from app.bootstrap import Runtime
 from app.messaging.consumer import CheckoutConsumer, message_key
 from app.persistence.db import utcnow
 from app.persistence.deadletters import DeadLetter, storable_text
-from app.bootstrap import Runtime
 
 
 class FakeChannel:
@@ -66,7 +67,8 @@ class ConsumerProbe:
         app = rt.celery
         app.finalize()
         pool = SimpleNamespace(apply_async=None, is_green=False)
-        self.consumer = CheckoutConsumer(
+        consumer_class: type[CheckoutConsumer] = app.conf.worker_consumer
+        self.consumer = consumer_class(
             self.requests.append,
             app=app,
             timer=Timer(),

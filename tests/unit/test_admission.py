@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from app.domain.admission import Admission, Limits, Load, decide
 from app.api import validate_order
-from app.persistence.outbox import Relay
-from app.persistence.db import utcnow
+from app.domain.admission import Admission, Limits, Load, decide
 from app.domain.errors import Busy
 from app.domain.events import Envelope, InventoryReserved, OrderCompleted
-from app.services.order import MAX_REDRIVE_BACKOFF, orders, redrive_backoff
 from app.domain.subscriptions import CHOREOGRAPHY, ORCHESTRATION, subscriptions
-from app.operations.sweeper import Evidence
 from app.domain.values import Line
+from app.operations.sweeper import Evidence
+from app.persistence.db import utcnow
+from app.persistence.outbox import Relay
+from app.services.order import MAX_REDRIVE_BACKOFF, orders, redrive_backoff
 from tests.conftest import Services
 
 LIMITS = Limits(target_seconds=10, min_in_flight=20, max_in_flight=1000, refresh_seconds=0.5)

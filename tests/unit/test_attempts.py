@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.persistence import attempts
 from app.domain.commands import AuthorizePayment, ReleaseInventory, ReserveInventory
-from app.persistence.db import as_utc, utcnow
 from app.domain.events import Envelope, InventoryReserved
 from app.domain.values import Line
+from app.persistence import attempts
+from app.persistence.db import as_utc, utcnow
 from tests.conftest import Services
 
 OID = "order-1"

@@ -6,8 +6,8 @@ import pytest
 from celery import Celery
 from celery.canvas import _chain, _chord
 
-from app.messaging.canvas import build_compensation, build_saga
 from app.domain.saga import CHECKOUT
+from app.messaging.canvas import build_compensation, build_saga
 from config.celery import celery_config, task_routes
 from config.settings import Settings
 

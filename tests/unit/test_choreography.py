@@ -20,12 +20,12 @@ from sqlalchemy import select
 
 from app.adapters.fake_gateway import ledger
 from app.api import validate_order
-from app.operations.eventgraph import EMITS
-from app.domain.events import Envelope, InventoryReserved, OrderPlaced, PaymentAuthorized
 from app.bootstrap import Runtime
+from app.domain.events import Envelope, InventoryReserved, OrderPlaced, PaymentAuthorized
+from app.domain.values import Address, Line
+from app.operations.eventgraph import EMITS
 from app.services.payment import payments
 from app.services.shipping import shipments
-from app.domain.values import Address, Line
 from config.settings import Settings
 from tests.conftest import purge_memory_broker
 

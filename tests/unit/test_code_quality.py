@@ -28,3 +28,18 @@ def test_mypy_strict_passes() -> None:
         timeout=280,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+#: The most lines a module of the package may have (migration revisions aside: each is one
+#: step of a schema's history, written once). A module past it does several jobs: split it.
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_of_the_package_is_over_the_size_limit() -> None:
+    big = {
+        str(path.relative_to(ROOT)): n
+        for path in (ROOT / "app").rglob("*.py")
+        if "versions" not in path.relative_to(ROOT / "app").parts
+        and (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"

@@ -38,7 +38,7 @@ from celery import Celery
 from honcho.environ import parse_procfile
 from pydantic import ValidationError
 
-from app.cli import build_parser
+from app.cli import parse_args
 from config.settings import SERVICES, Settings, variables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,7 +264,7 @@ def python_command(tokens: list[str]) -> dict[str, Any]:
         errors = io.StringIO()
         with contextlib.redirect_stderr(errors):
             try:
-                args = build_parser().parse_args(rest)
+                args = parse_args(rest)
             except SystemExit:
                 raise AssertionError(f"python -m app {' '.join(rest)}: {errors.getvalue().strip()}") from None
         return {"module": "app", "args": args}

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from app.operations.eventgraph import EMITS, edges, mermaid, problems
 from app.domain.events import REGISTRY
 from app.domain.subscriptions import CHOREOGRAPHY_SUBSCRIPTIONS, MODES, SUBSCRIPTIONS
+from app.operations.eventgraph import EMITS, edges, mermaid, problems
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -12,12 +12,12 @@ from pydantic import ValidationError
 from sqlalchemy import MetaData, select
 
 from app import analytics
-
-from app.operations import eventgraph
-from app.persistence.db import Database, make_engine, standard_tables
 from app.domain.events import Envelope, OrderCancelled, OrderCompleted, PaymentDeclined
-from app.extensions import Extension, ExtensionError, NotSubscribed, load, load_all, with_extensions
 from app.domain.subscriptions import MODES, subscriptions
+from app.extensions import Extension, ExtensionError, NotSubscribed, load, load_all, with_extensions
+from app.operations import eventgraph
+from app.persistence.db import Database, make_engine
+from app.persistence.tables import standard_tables
 from config.celery import celery_config, dead_letter_queues
 from config.settings import SERVICES, Settings
 from tests.support import notifications

@@ -11,10 +11,9 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, inspect
 
-from app.bootstrap import service_metadata
+from app.bootstrap import SERVICE_MODULES, service_metadata
 from app.persistence import migrations
 from app.persistence.db import Database, make_engine
-from app.bootstrap import SERVICE_MODULES
 from config.settings import SERVICES
 from tests.support.schema import diffs, revisions
 

@@ -34,11 +34,11 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 import app.api as api
+from app.bootstrap import Runtime
 from app.domain.catalog import CATALOG
 from app.domain.commands import PlaceOrder
 from app.domain.errors import BusinessFailure, InvalidOrder, StepFailed
 from app.domain.events import REGISTRY, Envelope, Event, UnreadableEvent
-from app.bootstrap import Runtime
 from app.services.order import orders
 from config.settings import Settings
 from tests.conftest import purge_memory_broker

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.persistence.outbox import Relay
 from app.domain.commands import ReserveInventory
 from app.domain.values import Line
+from app.persistence.outbox import Relay
 from tests.conftest import Services
 
 

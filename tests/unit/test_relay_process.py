@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from app.operations import relay
-from app.persistence.outbox import Relay
 from app.domain.commands import ReserveInventory
 from app.domain.values import Line
+from app.operations import relay
+from app.persistence.outbox import Relay
 from config.settings import Settings
 from tests.conftest import Services
 
@@ -113,4 +113,4 @@ def test_sigterm_and_sigint_stop_it_and_the_handlers_are_restored() -> None:
 
 def test_the_embedded_broker_is_refused() -> None:
     with pytest.raises(SystemExit, match="relay not started: CHECKOUT_BROKER_URL is the in-process memory://"):
-        relay.main(Settings())
+        relay.main(Settings(), lambda _: pytest.fail("no system is built for a broker nobody can reach"))

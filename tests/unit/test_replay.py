@@ -20,9 +20,9 @@ from app.domain.commands import (
     VoidPayment,
 )
 from app.domain.events import Envelope, InventoryReserved, PaymentCaptured, PaymentDeclined, PaymentFailed
+from app.domain.values import Line
 from app.operations.replay import ReplayError, Selection, check, plan_replay, rebuild_orders, rebuilt, send
 from app.services.order import OrderFacts, fold, orders
-from app.domain.values import Line
 from tests.conftest import Services
 
 pytestmark = pytest.mark.timeout(60)

@@ -24,11 +24,11 @@ from celery.security.key import PrivateKey
 from celery.security.serialization import SecureSerializer
 from pydantic import SecretStr, ValidationError
 
-from app.messaging.consumer import FORGED, OVERSIZE_KEPT_BYTES
-from app.persistence.deadletters import DEAD
-from app.operations.dlq import DeadLetterOps
-from app.operations.flower import monitor_app
 from app.bootstrap import Runtime
+from app.messaging.consumer import FORGED, OVERSIZE_KEPT_BYTES
+from app.messaging.monitor import monitor_app
+from app.operations.dlq import DeadLetterOps
+from app.persistence.deadletters import DEAD
 from config.celery import celery_config
 from config.settings import Settings, load_settings, redact_url
 from tests.conftest import purge_memory_broker
@@ -380,14 +380,14 @@ def test_secrets_come_only_from_the_environment() -> None:
 
 @pytest.mark.timeout(30)
 def test_the_settings_command_shows_no_password(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
-    from app.cli import cmd_settings
+    from app.cli.settings import settings as cmd_settings
 
     for name in [k for k in os.environ if k.startswith("CHECKOUT_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("CHECKOUT_BROKER_URL", "amqp://ops:s3cr3t-Pw-1@127.0.0.1:5672//")
     monkeypatch.setenv("CHECKOUT_DATABASE_URL", "postgresql+psycopg://svc:an0ther-pw@127.0.0.1/x")
     monkeypatch.setenv("CHECKOUT_FLOWER_PASSWORD", "flower-pw-42")
-    assert cmd_settings(None) == 0  # type: ignore[arg-type]
+    assert cmd_settings() == 0
     out = capsys.readouterr().out
     for secret in ("s3cr3t-Pw-1", "an0ther-pw", "flower-pw-42"):
         assert secret not in out
@@ -408,8 +408,8 @@ def test_the_largest_saga_message_fits_the_default_size_limit_signed(signed_sett
     default, signed (the signature adds a third: the body is base64 inside)."""
     from kombu.transport import memory
 
-    from app.messaging.canvas import build_saga
     from app.domain.commands import AuthorizePayment, CapturePayment, CompleteOrder, ReserveInventory, ScheduleShipment
+    from app.messaging.canvas import build_saga
 
     purge_memory_broker()
     rt = Runtime(signed_settings)

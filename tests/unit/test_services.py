@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.adapters.fake_gateway import ledger
+from app.api import validate_order
 from app.domain.commands import (
     AuthorizePayment,
     CancelOrder,
@@ -21,10 +22,9 @@ from app.domain.commands import (
 )
 from app.domain.errors import InvalidOrder, TransientFailure
 from app.domain.events import Envelope
-from app.api import validate_order
+from app.domain.values import Address, Line
 from app.services.payment import payment_rows
 from app.services.shipping import shipment_rows
-from app.domain.values import Address, Line
 from tests.conftest import Services
 
 OID = "order-1"

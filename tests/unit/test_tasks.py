@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from celery.exceptions import Reject
 
-from app.domain.errors import StepFailed
 from app.bootstrap import Runtime
+from app.domain.errors import StepFailed
 from config.settings import Settings
 from tests.conftest import purge_memory_broker
 

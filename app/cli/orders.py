@@ -1,0 +1,217 @@
+"""``python -m app orders ...``: look at orders — one order's story, the list, parked sagas."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from app.cli.common import parse_age, runtime
+from app.cli.output import Cell, ago, money, print_table, took
+from app.domain.errors import OrderNotFound
+from app.domain.states import TERMINAL, OrderStatus, StepOutcome
+
+if TYPE_CHECKING:
+    from app.persistence.deadletters import DeadLetter
+    from app.services.order import OrderView
+
+cli = typer.Typer(
+    name="orders",
+    help="Look at orders: one order's story (every event, step and dead letter), the list filtered by "
+    "status, reason and age, the sagas parked for attention, and resuming one.",
+    short_help="look at orders",
+)
+
+STATUSES: tuple[OrderStatus, ...] = tuple(OrderStatus)
+
+
+def _status(text: str) -> OrderStatus:
+    for status in STATUSES:  # any case: --status cancelled
+        if status == text.upper():
+            return status
+    raise typer.BadParameter(f"invalid choice: {text!r} (choose from {', '.join(STATUSES)})")
+
+
+@cli.command("show", short_help="one order's story: every event and step, dead letters")
+def show(
+    order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="the order's id, as `orders list` shows it")],
+    mermaid: Annotated[bool, typer.Option("--mermaid", help="print the story as a Mermaid sequence diagram")] = False,
+) -> int:
+    """One order's story, oldest first: each event, from which service, the saga step it
+    reports, its outcome, the attempts and time the step took; dead letters where a message
+    died; then the compensations. Exit 1 if there is no such order."""
+    rt = runtime()
+    try:
+        view = rt.order.view(order_id)
+        letters = rt.dead_letters.find(status=None, order_id=order_id)
+    except OrderNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        rt.close()
+    if mermaid:
+        print(sequence_diagram(view, letters))
+        return 0
+    step_of_task = {step.task: step.name for step in rt.saga.steps}
+    step_of_task.update({s.compensation.task: s.compensation.name for s in rt.saga.steps if s.compensation})
+    print(f"order {view.order_id}  {view.status}  {view.reason or ''}".rstrip())
+    print(f"total {money(view.total_cents, view.currency)}  placed {view.created_at.isoformat()}")
+    if view.attention:
+        print(f"needs attention: {view.attention}")
+    print_table(
+        _story(view, letters, step_of_task), ("after", "service", "event", "step", "outcome", "attempts", "took")
+    )
+    compensations = [e.step for e in view.events if e.compensation and e.outcome == StepOutcome.DONE]
+    if compensations:
+        print(f"compensations: {', '.join(str(step) for step in compensations)}")
+    for letter in letters:
+        print(
+            f"dead letter {letter.id[:8]} [{letter.status}] {letter.task}: {letter.reason} "
+            f"(attempts {letter.attempts}, first {letter.first_failed_at.isoformat()})"
+        )
+    return 0
+
+
+def _story(view: OrderView, letters: Sequence[DeadLetter], step_of_task: dict[str, str]) -> list[tuple[Cell, ...]]:
+    """The rows of ``orders show``: the events and, where a message died, its dead letter."""
+    timed: list[tuple[datetime, tuple[Cell, ...]]] = []
+    for entry in view.events:
+        outcome = "compensated" if entry.compensation and entry.outcome == StepOutcome.DONE else entry.outcome
+        cells = (entry.service, entry.type, entry.step, outcome, entry.attempts, took(entry.duration_seconds))
+        timed.append((entry.time, cells))
+    for letter in letters:  # where a message died, among the events
+        spent = took((letter.last_failed_at - letter.first_failed_at).total_seconds())
+        step = step_of_task.get(letter.task or "", letter.task)
+        timed.append(
+            (
+                letter.last_failed_at,
+                (letter.service, "dead letter", step, letter.status.lower(), letter.attempts, spent),
+            )
+        )
+    timed.sort(key=lambda item: item[0])  # stable: events keep their recorded order
+    return [(f"+{(moment - view.created_at).total_seconds():.3f}s", *cells) for moment, cells in timed]
+
+
+def sequence_diagram(view: OrderView, letters: Sequence[DeadLetter] = ()) -> str:
+    """The order's story as a Mermaid sequence diagram: each event from its service, with
+    the attempts and time its step took where known; compensations and dead letters marked."""
+    lines = ["sequenceDiagram", "    participant order", "    participant inventory", "    participant payment"]
+    lines.append("    participant shipping")
+    timed: list[tuple[datetime, str]] = []
+    for entry in view.events:
+        offset = (entry.time - view.created_at).total_seconds()
+        facts = [f"+{offset:.3f}s"]
+        if entry.attempts is not None:
+            facts.append(f"{entry.attempts} attempt{'s' if entry.attempts != 1 else ''}")
+        if entry.duration_seconds is not None:
+            facts.append(f"took {took(entry.duration_seconds)}")
+        kind = ", compensation" if entry.compensation else ""
+        label = f"{entry.type}{kind} ({', '.join(facts)})"
+        if entry.service == "order":
+            if entry.type in {"OrderCompleted", "OrderCancelled"}:
+                timed.append((entry.time, f"    order->>inventory: {label}"))
+            else:
+                timed.append((entry.time, f"    Note over order: {label}"))
+        else:
+            timed.append((entry.time, f"    {entry.service}-->>order: {label}"))
+    for letter in letters:
+        offset = (letter.last_failed_at - view.created_at).total_seconds()
+        note = (
+            f"    Note over {letter.service}: dead letter {letter.task or letter.queue} "
+            f"({letter.status.lower()}, {letter.attempts} attempts, +{offset:.3f}s)"
+        )
+        timed.append((letter.last_failed_at, note))
+    timed.sort(key=lambda item: item[0])  # stable: events keep their recorded order
+    lines.extend(line for _, line in timed)
+    if view.status in TERMINAL:
+        lines.append(f"    Note over order: {view.status} {view.reason or ''}".rstrip())
+    elif view.attention:
+        lines.append(f"    Note over order: {OrderStatus.NEEDS_ATTENTION} {view.attention}")
+    return "\n".join(lines)
+
+
+@cli.command("list", short_help="orders, newest first, filtered by status, reason and age")
+def list_orders(
+    status: Annotated[
+        OrderStatus | None,
+        typer.Option(
+            "--status",
+            parser=_status,
+            metavar="{" + ",".join(STATUSES) + "}",
+            help="only orders in this status (any case)",
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            metavar="REASON",
+            help="only orders that failed with this reason, e.g. card_declined, out_of_stock, payment_unavailable",
+        ),
+    ] = None,
+    older_than: Annotated[
+        timedelta | None,
+        typer.Option(
+            "--older-than", parser=parse_age, metavar="AGE", help="placed at least this long ago (90s, 15m, 2h, 3d)"
+        ),
+    ] = None,
+    newer_than: Annotated[
+        timedelta | None,
+        typer.Option(
+            "--newer-than", parser=parse_age, metavar="AGE", help="placed within this long (90s, 15m, 2h, 3d)"
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="at most this many")] = 50,
+) -> int:
+    """Orders, newest first: id, status, reason, total and when placed; filters combine."""
+    rt = runtime()
+    try:
+        rows = rt.order.find(status=status, reason=reason, older_than=older_than, newer_than=newer_than, limit=limit)
+    finally:
+        rt.close()
+    from app.persistence.db import as_utc
+
+    print_table(
+        [
+            (
+                r["order_id"],
+                r["status"],
+                r["reason"] or "",
+                money(r["total_cents"], r["currency"]),
+                ago(as_utc(r["created_at"])),
+            )
+            for r in rows
+        ],
+        ("order", "status", "reason", "total", "placed"),
+    )
+    print(f"{len(rows)} order(s)" + (f" (the newest {limit})" if len(rows) == limit else ""))
+    return 0
+
+
+@cli.command("attention", short_help="sagas parked because a compensation could not finish")
+def attention() -> int:
+    """Orders whose saga is parked (NEEDS_ATTENTION): a compensation could not finish. Once
+    the cause is fixed, `orders retry ID` resumes one."""
+    rt = runtime()
+    try:
+        views = rt.order.needing_attention()
+    finally:
+        rt.close()
+    rows = [(v.order_id, v.reason or "", v.attention or "", ago(v.updated_at)) for v in views]
+    print_table(rows, ("order", "failed with", "waiting on", "since"))
+    print(f"{len(views)} order(s) need attention; `python -m app orders retry ID` once the cause is fixed")
+    return 0
+
+
+@cli.command("retry", short_help="resume a parked saga: redrive its dead letters")
+def retry(order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="the parked order")]) -> int:
+    """Resume a parked saga: its dead letters are sent again, retries reset, and the
+    compensation chain goes on from the step that could not finish."""
+    from app.operations.dlq import DeadLetterOps
+
+    letters = DeadLetterOps(runtime()).retry_order(order_id)
+    print(f"order {order_id}: resumed; {len(letters)} dead letter(s) redriven")
+    return 0
