@@ -81,7 +81,7 @@ class Runtime:
         self.saga = CHECKOUT
         self.dead_letters = DeadLetterStore(self.databases)
         self.gateway = FakePaymentGateway(self.databases["payment"].engine)
-        self.carrier = FakeCarrier()
+        self.carrier = FakeCarrier(self.databases["shipping"].engine)
         self.choreography = self.settings.saga_mode == CHOREOGRAPHY
         self.order = OrderService(
             self.databases["order"],
@@ -175,6 +175,8 @@ class Runtime:
             self.inventory.seed({p.sku: p.initial_stock for p in CATALOG})
         if "payment" in services:
             self.gateway.create_schema()
+        if "shipping" in services:
+            self.carrier.create_schema()
 
     def declare_queues(self) -> None:
         """Declare the exchanges and every service queue — and, on RabbitMQ, the dead-letter

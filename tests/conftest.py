@@ -71,13 +71,15 @@ def services(tmp_path: Path) -> Iterator[Services]:
         db.create_schema()
     gateway = FakePaymentGateway(engine)
     gateway.create_schema()
+    carrier = FakeCarrier(engine)
+    carrier.create_schema()
     svc = Services(
         dbs=dbs,
         gateway=gateway,
         order=OrderService(dbs["order"]),
         inventory=InventoryService(dbs["inventory"]),
         payment=PaymentService(dbs["payment"], gateway),
-        shipping=ShippingService(dbs["shipping"], FakeCarrier()),
+        shipping=ShippingService(dbs["shipping"], carrier),
     )
     svc.order.seed()
     svc.inventory.seed({p.sku: p.initial_stock for p in CATALOG})

@@ -61,6 +61,13 @@ class FakePaymentGateway(PaymentGateway):
     def refund(self, capture_ref: str, amount_cents: int, *, idempotency_key: str, reference: str) -> None:
         self._call("refund", "tok_ok", amount_cents, idempotency_key, reference)
 
+    def find(self, idempotency_key: str) -> str | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(ledger.c.result_ref).where(ledger.c.idempotency_key == idempotency_key, ledger.c.outcome == "ok")
+            ).scalar()
+        return None if found is None else str(found)
+
     def _call(self, operation: str, token: str, amount: int, key: str, reference: str) -> str:
         for _ in range(5):
             try:

@@ -39,17 +39,26 @@ class PaymentGateway(ABC):
     def refund(self, capture_ref: str, amount_cents: int, *, idempotency_key: str, reference: str) -> None:
         """Give a captured amount back."""
 
+    @abstractmethod
+    def find(self, idempotency_key: str) -> str | None:
+        """The reference a call with this key returned, if one went through (None if none
+        did): how a step learns what an attempt that crashed before recording it did."""
+
 
 class Carrier(ABC):
     """Books and cancels shipments. Raises BusinessFailure where it does not deliver."""
 
     @abstractmethod
-    def schedule(self, address: Address, lines: tuple[Line, ...], *, idempotency_key: str) -> str:
+    def schedule(self, address: Address, lines: tuple[Line, ...], *, idempotency_key: str, reference: str) -> str:
         """Book a pickup; returns the tracking reference."""
 
     @abstractmethod
-    def cancel(self, tracking_ref: str, *, idempotency_key: str) -> None:
+    def cancel(self, tracking_ref: str, *, idempotency_key: str, reference: str) -> None:
         """Cancel a booked shipment."""
+
+    @abstractmethod
+    def find(self, idempotency_key: str) -> str | None:
+        """The tracking reference a call with this key returned, if one went through."""
 
 
 class SagaDispatcher(Protocol):

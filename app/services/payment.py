@@ -25,9 +25,10 @@ from app.domain.events import (
     PaymentVoided,
 )
 from app.domain.ports import PaymentGateway
+from app.domain.states import StepOutcome
 from app.persistence.db import Database, StepRecord, UnitOfWork, utcnow
 from app.persistence.tables import standard_tables
-from app.services.steps import compensation, forward_step_with_call, give_up, placed
+from app.services.steps import compensation, forward_step_with_call, give_up, placed, undo_earlier_call
 
 log = logging.getLogger("checkout.payment")
 
@@ -102,6 +103,7 @@ class PaymentService:
             on_success=on_success,
             on_failure=on_failure,
             undo=lambda auth_ref: self.gateway.void(auth_ref, idempotency_key=f"{oid}:void", reference=oid),
+            find=lambda: self.gateway.find(f"{oid}:authorize"),
             causation_id=causation_id,
         )
 
@@ -112,6 +114,10 @@ class PaymentService:
         if held is None:
             recorded = self.db.run(lambda uow: uow.step(oid, "capture_payment"))
             if recorded is not None:
+                if recorded.outcome == StepOutcome.PREVENTED:  # voided since: give back what a crashed attempt took
+                    undo_earlier_call(
+                        lambda: self.gateway.find(f"{oid}:capture"), lambda ref: self._refund_late(oid, ref)
+                    )
                 return recorded
             raise BusinessFailure("payment_unavailable", f"order {oid} has no authorized payment to capture")
 
@@ -142,8 +148,17 @@ class PaymentService:
             undo=lambda capture_ref: self.gateway.refund(
                 capture_ref, held.amount_cents, idempotency_key=f"{oid}:refund", reference=oid
             ),
+            find=lambda: self.gateway.find(f"{oid}:capture"),
             causation_id=causation_id,
         )
+
+    def _refund_late(self, order_id: str, capture_ref: str) -> None:
+        """Give back a capture that went through after its order's payment was voided (the
+        attempt crashed before recording it): the amount is the order's authorized total."""
+        amount = self.db.query(
+            lambda c: c.execute(select(payments.c.amount_cents).where(payments.c.order_id == order_id)).scalar_one()
+        )
+        self.gateway.refund(capture_ref, amount, idempotency_key=f"{order_id}:refund", reference=order_id)
 
     def give_up(self, order_id: str, step: str, reason: str, causation_id: str | None = None) -> StepRecord:
         """A step's retries ran out: record the failure and say so with PaymentFailed."""

@@ -76,10 +76,13 @@ class ShippingService:
             self.db,
             oid,
             "schedule_shipping",
-            call=lambda: self.carrier.schedule(cmd.ship_to, cmd.lines, idempotency_key=f"{oid}:schedule"),
+            call=lambda: self.carrier.schedule(
+                cmd.ship_to, cmd.lines, idempotency_key=f"{oid}:schedule", reference=oid
+            ),
             on_success=on_success,
             on_failure=on_failure,
-            undo=lambda ref: self.carrier.cancel(ref, idempotency_key=f"{oid}:cancel"),
+            undo=lambda ref: self.carrier.cancel(ref, idempotency_key=f"{oid}:cancel", reference=oid),
+            find=lambda: self.carrier.find(f"{oid}:schedule"),
             causation_id=causation_id,
         )
 
@@ -110,7 +113,7 @@ class ShippingService:
             forward="schedule_shipping",
             name="cancel_shipment",
             find=find,
-            external=lambda ref: self.carrier.cancel(ref, idempotency_key=f"{oid}:cancel"),
+            external=lambda ref: self.carrier.cancel(ref, idempotency_key=f"{oid}:cancel", reference=oid),
             undo=undo,
             confirm=(lambda uow: uow.emit(ShipmentCancelled(order_id=oid))) if confirm else None,
             causation_id=causation_id,

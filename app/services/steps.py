@@ -32,16 +32,21 @@ def forward_step_with_call(
     on_success: Callable[[UnitOfWork, R], dict[str, object] | None],
     on_failure: Callable[[UnitOfWork, BusinessFailure], None],
     undo: Callable[[R], None],
+    find: Callable[[], R | None],
     causation_id: str | None = None,
 ) -> StepRecord:
     """A forward step that calls an external system (idempotent by key), then records.
 
-    If the step was compensated while the call was in flight (it then finds its record
-    ``prevented``), ``undo`` reverses the call at once, so a late step never leaves money
-    or a shipment behind.
+    A step that may have called out is undone whenever its record ends ``prevented`` (it
+    was compensated before it recorded), whichever attempt finds it: this one, with what its
+    call returned, or a later one — a redelivery after a crash between the call and the
+    record — with what ``find`` learns from the external system by the call's idempotency
+    key. So a late or crashed step never leaves money or a shipment behind.
     """
     existing = db.run(lambda uow: uow.step(order_id, step))
     if existing is not None:
+        if existing.outcome == StepOutcome.PREVENTED:
+            undo_earlier_call(find, undo)
         return existing
     try:
         result = call()
@@ -68,6 +73,14 @@ def forward_step_with_call(
     if record.outcome == StepOutcome.PREVENTED:
         undo(result)
     return record
+
+
+def undo_earlier_call(find: Callable[[], R | None], undo: Callable[[R], None]) -> None:
+    """A step found ``prevented``: reverse what an earlier attempt's call did, if one went
+    through (the undo is idempotent by its own key, so finding it undone already is fine)."""
+    earlier = find()
+    if earlier is not None:
+        undo(earlier)
 
 
 def compensation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from app.adapters.fake_carrier import bookings
 from app.adapters.fake_gateway import ledger
 from app.api import validate_order
 from app.domain.commands import (
@@ -179,6 +180,46 @@ def test_authorization_that_lands_after_its_void_is_voided_at_the_gateway(servic
     assert gateway_ops(services) == [("authorize", "ok"), ("void", "ok")]
 
 
+def test_a_redelivered_authorization_that_finds_itself_prevented_voids_what_the_crashed_attempt_held(
+    services: Services,
+) -> None:
+    """The attempt crashed between the gateway's authorization and its record; the void ran
+    meanwhile (it records the step ``prevented``). The redelivery voids the hold it finds by
+    the authorization's idempotency key, instead of returning at once and leaving it open."""
+    cmd = authorize(services)
+    services.gateway.authorize(cmd.payment_token, 5000, "EUR", idempotency_key=f"{OID}:authorize", reference=OID)
+    assert services.payment.void(VoidPayment(order_id=OID)).outcome == "noop"  # nothing recorded to void
+    for _ in range(2):  # and a second redelivery voids nothing twice
+        assert services.payment.authorize(cmd).outcome == "prevented"
+    assert gateway_ops(services) == [("authorize", "ok"), ("void", "ok")]
+
+
+def test_a_prevented_authorization_with_no_call_behind_it_calls_nothing(services: Services) -> None:
+    assert services.payment.void(VoidPayment(order_id=OID)).outcome == "noop"
+    assert services.payment.authorize(authorize(services)).outcome == "prevented"
+    assert gateway_ops(services) == []
+
+
+def test_a_capture_that_crashed_before_its_record_is_refunded_when_the_payment_was_voided_since(
+    services: Services,
+) -> None:
+    """The capture went through at the gateway and the attempt died before recording it;
+    the compensation then found nothing captured (refund: noop) and voided the
+    authorization. The redelivered capture gives the money back."""
+    services.payment.authorize(authorize(services))
+    (row,) = payment_rows(services.dbs["payment"])
+    services.gateway.capture(row["auth_ref"], 5000, idempotency_key=f"{OID}:capture", reference=OID)
+    assert services.payment.refund(RefundPayment(order_id=OID)).outcome == "noop"
+    assert services.payment.void(VoidPayment(order_id=OID)).outcome == "done"
+    for _ in range(2):
+        assert services.payment.capture(CapturePayment(order_id=OID)).outcome == "prevented"
+    assert gateway_ops(services) == [("authorize", "ok"), ("capture", "ok"), ("refund", "ok"), ("void", "ok")]
+    refunded = services.dbs["payment"].query(
+        lambda c: c.execute(select(ledger.c.amount_cents).where(ledger.c.operation == "refund")).scalar_one()
+    )
+    assert refunded == 5000
+
+
 def test_refund_without_capture_is_noop(services: Services) -> None:
     services.payment.authorize(authorize(services))
     assert services.payment.refund(RefundPayment(order_id=OID)).outcome == "noop"
@@ -200,6 +241,22 @@ def test_schedule_and_cancel_once(services: Services) -> None:
     (row,) = shipment_rows(services.dbs["shipping"])
     assert row["status"] == "CANCELLED"
     assert log_types(services, "shipping") == ["ShipmentScheduled", "ShipmentCancelled"]
+
+
+def carrier_ops(svc: Services) -> list[str]:
+    rows = svc.dbs["shipping"].query(lambda c: c.execute(select(bookings.c.operation)).scalars().all())
+    return sorted(rows)
+
+
+def test_a_redelivered_booking_that_finds_itself_prevented_cancels_what_the_crashed_attempt_booked(
+    services: Services,
+) -> None:
+    services.shipping.carrier.schedule(Address(country="GB"), LINES, idempotency_key=f"{OID}:schedule", reference=OID)
+    assert services.shipping.cancel(CancelShipment(order_id=OID)).outcome == "noop"
+    for _ in range(2):
+        assert services.shipping.schedule(schedule()).outcome == "prevented"
+    assert carrier_ops(services) == ["cancel", "schedule"]
+    assert shipment_rows(services.dbs["shipping"]) == []
 
 
 def test_antarctica_is_not_served(services: Services) -> None:
