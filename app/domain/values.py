@@ -17,9 +17,13 @@ MAX_INT = 2**31 - 1
 
 def no_control_characters(value: str) -> str:
     """Refuse NUL, line breaks and other control characters: no name, SKU or key has one,
-    and PostgreSQL refuses NUL in text outright (an error at the database, not at the edge)."""
+    and PostgreSQL refuses NUL in text outright (an error at the database, not at the edge).
+    Refuse lone surrogates too: they are not text (no UTF-8 encodes them), and the database
+    driver would fail on them."""
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ValueError("control characters (NUL, line breaks, ...) are not allowed")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError("not valid Unicode text: a lone surrogate (\\ud800-\\udfff) is not allowed")
     return value
 
 

@@ -38,6 +38,9 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("empty customer", {"customer_id": ""}, "customer_id"),
     ("bad token", {"payment_token": "4242424242424242"}, "payment_token"),
     ("oversized idempotency key", {"idempotency_key": "k" * 129}, "idempotency_key"),
+    ("idempotency key with a lone surrogate", {"idempotency_key": "key-\ud800"}, "idempotency_key"),
+    ("idempotency key with a line break", {"idempotency_key": "key\n1"}, "idempotency_key"),
+    ("sku with a lone surrogate", {"items": [{"sku": "MUG-\udfff", "qty": 1}]}, "items[0].sku"),
 ]
 
 
