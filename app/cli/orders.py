@@ -11,7 +11,7 @@ import typer
 
 from app.cli.common import parse_age, runtime
 from app.cli.output import Cell, ago, money, print_table, took
-from app.domain.errors import OrderNotFound
+from app.domain.errors import NotParked, OrderNotFound
 from app.domain.states import TERMINAL, OrderStatus, StepOutcome
 
 if TYPE_CHECKING:
@@ -209,9 +209,14 @@ def attention() -> int:
 @cli.command("retry", short_help="resume a parked saga: redrive its dead letters")
 def retry(order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="the parked order")]) -> int:
     """Resume a parked saga: its dead letters are sent again, retries reset, and the
-    compensation chain goes on from the step that could not finish."""
+    compensation chain goes on from the step that could not finish. Exit 1, changing
+    nothing, if the order is not parked (NEEDS_ATTENTION) or does not exist."""
     from app.operations.dlq import DeadLetterOps
 
-    letters = DeadLetterOps(runtime()).retry_order(order_id)
+    try:
+        letters = DeadLetterOps(runtime()).retry_order(order_id)
+    except (NotParked, OrderNotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"order {order_id}: resumed; {len(letters)} dead letter(s) redriven")
     return 0

@@ -23,6 +23,19 @@ class OrderNotFound(CheckoutError, LookupError):
     """No order has this id."""
 
 
+class NotParked(CheckoutError):
+    """An operator asked to retry a saga that is not parked: only a NEEDS_ATTENTION saga
+    can be retried. ``status`` is the order's."""
+
+    def __init__(self, order_id: str, status: str) -> None:
+        super().__init__(order_id, status)
+        self.order_id = order_id
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"order {self.order_id} is {self.status}, not NEEDS_ATTENTION: there is nothing to retry"
+
+
 class Busy(CheckoutError):
     """The system is over capacity: the order was not placed. Nothing was written and
     nothing was enqueued; place it again after ``retry_after`` seconds (with the same

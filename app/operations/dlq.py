@@ -87,7 +87,8 @@ class DeadLetterOps:
 
     def retry_order(self, order_id: str) -> list[DeadLetter]:
         """An operator retries a parked (NEEDS_ATTENTION) saga: resume it and redrive its
-        dead letters — the compensation chain goes on from the step that gave up."""
+        dead letters — the compensation chain goes on from the step that gave up.
+        :class:`app.domain.errors.NotParked` if the saga is not parked: nothing changes."""
         self.rt.order.resume(order_id)
         return self.redrive_order(order_id)
 

@@ -106,3 +106,12 @@ def test_orders_list_and_show(tmp_path: Path) -> None:
     assert (
         "shipping-->>order: ShipmentFailed" in mermaid and "Note over order: CANCELLED shipping_unavailable" in mermaid
     )
+    # only a parked saga can be retried: a cancelled one is refused, naming its status, and stays as it was
+    refused = run("orders", "retry", order_id, data_dir=tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    said = f"error: order {order_id} is CANCELLED, not NEEDS_ATTENTION: there is nothing to retry"
+    assert refused.stderr.strip() == said
+    assert refused.stdout == ""
+    assert run("orders", "list", "--status", "cancelled", data_dir=tmp_path).stdout.count(order_id) == 1
+    missing = run("orders", "retry", "no-such-order", data_dir=tmp_path)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "error: no order with id 'no-such-order'")

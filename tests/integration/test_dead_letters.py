@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 import app
 import app.api
 from app.api import System
+from app.domain.errors import NotParked
 from app.operations.audit import audit
 from app.operations.dlq import OPERATOR_REASON, DeadLetterOps
 from config.settings import Settings
@@ -199,3 +200,5 @@ def test_a_compensation_that_cannot_finish_parks_the_saga(
     assert (view.reason, view.attention) == ("card_declined", None)
     assert rt.order.needing_attention() == []
     assert audit(rt, settle=10).clean
+    with pytest.raises(NotParked, match=f"order {order_id} is CANCELLED, not NEEDS_ATTENTION"):
+        DeadLetterOps(rt).retry_order(order_id)  # retried again: refused, nothing redriven

@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, update
 
 from app.domain.catalog import CATALOG, SUPPORTED_CURRENCIES
 from app.domain.commands import CompleteOrder, ParkOrder, PlaceOrder
-from app.domain.errors import InvalidOrder
+from app.domain.errors import InvalidOrder, NotParked
 from app.domain.events import Envelope, OrderCompleted, OrderPlaced
 from app.domain.states import TERMINAL, OrderStatus, SagaState, StepOutcome
 from app.persistence.db import StepRecord, UnitOfWork, utcnow
@@ -201,12 +201,13 @@ class OrderService(SagaMemory, OrderQueries):
         return self.db.run(work)
 
     def resume(self, order_id: str) -> bool:
-        """An operator retries a parked saga: it is PENDING again until it finishes."""
+        """An operator retries a parked saga: it is PENDING again until it finishes
+        (:class:`NotParked` if it is not parked, :class:`OrderNotFound` if there is no such order)."""
 
         def work(uow: UnitOfWork) -> bool:
             row = order_row(uow, order_id)
             if row.status != OrderStatus.NEEDS_ATTENTION:
-                return False
+                raise NotParked(order_id, row.status)
             uow.conn.execute(
                 update(orders)
                 .where(orders.c.order_id == order_id)
