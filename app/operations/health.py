@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
+from config.settings import redact_url
+
 if TYPE_CHECKING:
     from app.operations.system import System
 
@@ -37,7 +39,7 @@ def check(rt: System, services: tuple[str, ...], timeout: float = 2.0, host: str
 
 
 def _broker(rt: System, timeout: float) -> Check:
-    url = rt.celery.connection_for_write().as_uri()
+    url = redact_url(rt.settings.broker_url)  # as configured: kombu's own form shows ":**@" for no password
     try:
         with rt.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)

@@ -24,6 +24,9 @@ def test_health_sees_each_service_worker(system: System, workers: Workers, proce
     results = {r.name: r for r in check(system.runtime, SERVICES, timeout=3)}
     assert all(r.ok for r in results.values()), results
     assert all(results[f"worker {s}"].detail.startswith(f"{s}@") for s in SERVICES)
+    # the broker as configured, with no password made up where it has none
+    assert results["broker"].detail == system.runtime.settings.broker_url
+    assert "@" not in system.runtime.settings.broker_url
 
     done = subprocess.run(
         [sys.executable, "-m", "app", "health", "--timeout", "3"],
