@@ -24,6 +24,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 from celery.exceptions import SecurityError
@@ -126,6 +127,9 @@ def shape_problem(message: Message, tasks: Any) -> str | None:
         return "its task header is not a string"
     if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID:
         return f"its id header is not a string of 1 to {MAX_TASK_ID} characters"
+    problem = header_problem(headers)
+    if problem is not None:
+        return problem
     task = tasks.get(name)
     if task is None:
         return None  # an unknown task: Celery's own check names it
@@ -145,6 +149,42 @@ def shape_problem(message: Message, tasks: Any) -> str | None:
             check(*args, **kwargs)
         except TypeError as exc:
             return f"its arguments do not fit {name}: {exc}"
+    return None
+
+
+#: Headers of protocol 2 that are a string when present (None allowed).
+TEXT_HEADERS = ("root_id", "parent_id", "group", "argsrepr", "kwargsrepr", "origin", "lang", "shadow")
+#: Headers that are an ISO 8601 time when present (None allowed).
+TIME_HEADERS = ("eta", "expires")
+
+
+def header_problem(headers: dict[str, Any]) -> str | None:
+    """What is wrong with a task message's headers, or None. Celery reads them as given: a
+    ``timelimit`` of two strings made the pool's own process fail, taking the worker down
+    with the message still unacknowledged, on every redelivery."""
+    for key in TEXT_HEADERS:
+        if headers.get(key) is not None and not isinstance(headers[key], str):
+            return f"its {key} header is not a string"
+    for key in TIME_HEADERS:
+        value = headers.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"its {key} header is not an ISO 8601 time"
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return f"its {key} header is not an ISO 8601 time"
+    retries = headers.get("retries", 0)
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        return "its retries header is not a whole number of 0 or more"
+    limits = headers.get("timelimit")
+    if limits is not None:
+        if not (isinstance(limits, (list, tuple)) and len(limits) == 2):
+            return "its timelimit header is not [soft, hard]"
+        for limit in limits:
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0):
+                return "its timelimit header holds something other than a number of seconds (or null)"
     return None
 
 

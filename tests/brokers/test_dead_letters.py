@@ -83,7 +83,17 @@ SCHEMA_POISON: dict[str, tuple[str, str, str, Callable[[str], dict[str, Any]]]] 
     ),
 }
 
-POISON_KINDS = ("not json", "not a task message", "unknown task", "invalid body")
+POISON_KINDS = ("not json", "not a task message", "unknown task", "invalid body", "hostile header")
+
+#: Headers of the wrong type or shape (a ``timelimit`` of two strings once took the pool
+#: down with the message unacknowledged, on every redelivery), and the reason each is given.
+HOSTILE_HEADERS: tuple[tuple[str, Any, str], ...] = (
+    ("timelimit", ["soft", "hard"], "its timelimit header holds something other than a number"),
+    ("eta", "tomorrow", "its eta header is not an ISO 8601 time"),
+    ("retries", "three", "its retries header is not a whole number"),
+    ("argsrepr", 42, "its argsrepr header is not a string"),
+    ("root_id", [1, 2], "its root_id header is not a string"),
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,11 @@ def publish_poison(system: System, n: int) -> Poison:
         publish_raw(system, json.dumps([[{"poison": n}], {}, {}]).encode(), headers, routing_key)
         return Poison(n, kind, queue, task_id, name, None, f"unknown task {name!r}")
     name, model, field, make_body = SCHEMA_POISON[queue]
+    if kind == "hostile header":
+        header, value, reason = HOSTILE_HEADERS[(n // len(POISON_KINDS)) % len(HOSTILE_HEADERS)]
+        headers = {"task": name, "id": task_id, "lang": "py", "root_id": task_id, "retries": 0, header: value}
+        publish_raw(system, json.dumps([[{"order_id": f"poison-{n}"}], {}, {}]).encode(), headers, routing_key)
+        return Poison(n, kind, queue, task_id, name, None, f"invalid task message: {reason}")
     order_id = f"poison-{n}"
     system.runtime.celery.send_task(name, args=(make_body(order_id),), task_id=task_id)
     return Poison(n, kind, queue, task_id, name, order_id, f"invalid {model}: {field}: ")

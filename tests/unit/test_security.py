@@ -286,6 +286,44 @@ def test_an_oversized_message_is_dead_lettered_unread_and_cannot_be_redriven(pro
     assert rt.dead_letters.get(letter.id).status == DEAD
 
 
+#: Celery protocol-2 headers of the wrong type or shape, and the reason each is refused with.
+HOSTILE_HEADERS: list[tuple[str, Any, str]] = [
+    ("timelimit", ["soft", "hard"], "its timelimit header holds something other than a number of seconds (or null)"),
+    ("timelimit", [1], "its timelimit header is not [soft, hard]"),
+    ("timelimit", "60", "its timelimit header is not [soft, hard]"),
+    ("eta", "tomorrow", "its eta header is not an ISO 8601 time"),
+    ("eta", 1700000000, "its eta header is not an ISO 8601 time"),
+    ("expires", ["2026-01-01"], "its expires header is not an ISO 8601 time"),
+    ("retries", "three", "its retries header is not a whole number of 0 or more"),
+    ("retries", -1, "its retries header is not a whole number of 0 or more"),
+    ("retries", True, "its retries header is not a whole number of 0 or more"),
+    ("argsrepr", 42, "its argsrepr header is not a string"),
+    ("kwargsrepr", {"a": 1}, "its kwargsrepr header is not a string"),
+    ("root_id", [1, 2], "its root_id header is not a string"),
+    ("parent_id", 7, "its parent_id header is not a string"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("header", "value", "reason"), HOSTILE_HEADERS, ids=[f"{h}={v!r}" for h, v, _ in HOSTILE_HEADERS]
+)
+def test_a_task_message_with_a_hostile_header_is_dead_lettered_unrun(
+    probe: ConsumerProbe, header: str, value: Any, reason: str
+) -> None:
+    rt = probe.rt
+    headers, payload = celery_message(rt, "payment.capture", {"order_id": "o-1"})
+    body = json.dumps(payload).encode()
+    assert probe.deliver(body, headers).handed_on == 1  # the genuine message goes through
+
+    headers, payload = celery_message(rt, "payment.capture", {"order_id": "o-1"})
+    outcome = probe.deliver(json.dumps(payload).encode(), {**headers, header: value})
+    assert outcome.handed_on == 0 and outcome.rejected and not outcome.requeued
+    assert outcome.dead_letter is not None
+    assert outcome.dead_letter.reason == f"invalid task message: {reason}"
+    assert outcome.dead_letter.message_key == headers["id"]
+
+
 @pytest.mark.timeout(30)
 def test_the_message_size_limit_has_a_floor() -> None:
     with pytest.raises(ValidationError, match="max_message_bytes"):
