@@ -159,8 +159,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,
-        # `celery -A workers.order beat` runs the saga sweeper (app/operations/sweeper.py)
+        # `celery -A workers.order beat` runs the saga sweeper (app/operations/sweeper.py),
+        # from a schedule kept in memory: its one entry needs no file in the working directory
         "beat_schedule": {"sweep-overdue-sagas": {"task": "order.sweep", "schedule": settings.sweep_interval_seconds}},
+        "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
     }
     if settings.signing == "on":

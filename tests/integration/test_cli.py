@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -115,3 +117,39 @@ def test_orders_list_and_show(tmp_path: Path) -> None:
     assert run("orders", "list", "--status", "cancelled", data_dir=tmp_path).stdout.count(order_id) == 1
     missing = run("orders", "retry", "no-such-order", data_dir=tmp_path)
     assert (missing.returncode, missing.stderr.strip()) == (1, "error: no order with id 'no-such-order'")
+
+
+def test_beat_as_the_readme_runs_it_leaves_no_schedule_file_behind(tmp_path: Path) -> None:
+    """`celery -A workers.order beat`, word for word from the README, ticks (it sends the
+    sweep) and writes nothing where it runs: its schedule is kept in memory."""
+    (line,) = [
+        ln
+        for ln in (ROOT / "README.md").read_text().splitlines()
+        if ln.startswith("celery -A workers.order ") and " beat" in ln
+    ]
+    command = line.split("#", 1)[0].split()
+    assert command[:3] == ["celery", "-A", "workers.order"] and command[3:] == ["beat"]
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    env.update(PYTHONPATH=str(ROOT), CHECKOUT_DATA_DIR=str(tmp_path / "data"), CHECKOUT_SWEEP_INTERVAL_SECONDS="0.5")
+    log = tmp_path / "beat.log"
+    with log.open("w") as out:
+        beat = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), *command[1:], "--loglevel=INFO"],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: "Sending due task sweep-overdue-sagas" in log.read_text(),
+            timeout=60,
+            what="beat to send the sweep",
+            diagnostics=lambda: log.read_text()[-2000:],
+        )
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+    assert sorted(p.name for p in work.iterdir()) == []
