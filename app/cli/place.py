@@ -58,7 +58,7 @@ def place(
 
     Exit 2 if the order is invalid (nothing placed; the line says which field and why),
     3 if it is refused because the system is busy (nothing written; the line says when to
-    try again)."""
+    try again), 4 if its saga has not ended within --timeout (it is placed, and goes on)."""
     import app as checkout
 
     try:
@@ -77,6 +77,15 @@ def place(
     if no_wait:
         print(order_id)
         return 0
-    view = checkout.wait_for_order(order_id, timeout=timeout)
+    try:
+        view = checkout.wait_for_order(order_id, timeout=timeout)
+    except TimeoutError:
+        print(f"{order_id} PENDING")
+        print(
+            f"still PENDING after {timeout:g}s: the order is placed and its saga goes on; "
+            f"`python -m app orders show {order_id}` follows it",
+            file=sys.stderr,
+        )
+        return 4
     print(f"{order_id} {view.status} {view.reason or ''}".rstrip())
     return 0

@@ -24,6 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from app.cli import analytics, db, dlq, events, ops, orders, place, replay, run, settings
 from app.cli.output import interactive
+from app.messaging import BrokerUnreachable
 from app.messaging.telemetry import use_log_format
 
 PROG = "python -m app"
@@ -103,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "CHECKOUT_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
             print(f"  {name}: {error['msg']}", file=sys.stderr)
         return 2
+    except BrokerUnreachable as exc:  # a command that needs the broker, with the broker away
+        print(
+            f"error: the broker cannot be reached ({exc}); is it running? `python -m app health` checks each part",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"interrupted after {time.monotonic() - started:.1f}s", file=sys.stderr)
         return 130

@@ -13,9 +13,12 @@ from tests.conftest import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, data_dir: Path, timeout: float = 120, settings: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
     env["CHECKOUT_DATA_DIR"] = str(data_dir)
+    env.update(settings or {})
     return subprocess.run(
         [sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -153,3 +156,27 @@ def test_beat_as_the_readme_runs_it_leaves_no_schedule_file_behind(tmp_path: Pat
         beat.terminate()
         beat.wait(timeout=30)
     assert sorted(p.name for p in work.iterdir()) == []
+
+
+#: A RabbitMQ nobody listens at: what a command sees with the broker down.
+BROKER_AWAY = {"CHECKOUT_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//", "CHECKOUT_PUBLISH_RETRY_SECONDS": "1"}
+
+
+def test_a_command_that_needs_the_broker_says_in_one_line_that_it_is_away(tmp_path: Path) -> None:
+    done = run("dlq", "list", data_dir=tmp_path, settings=BROKER_AWAY)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: the broker cannot be reached (") and "`python -m app health`" in line
+
+
+def test_place_that_times_out_says_the_order_goes_on(tmp_path: Path) -> None:
+    done = run("place", "MUG-01:1", "--timeout", "1", data_dir=tmp_path, settings=BROKER_AWAY)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    order_id, status = done.stdout.split()
+    assert status == "PENDING"
+    assert (
+        f"still PENDING after 1s: the order is placed and its saga goes on; `python -m app orders show {order_id}`"
+        in (done.stderr)
+    )
