@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from app.bootstrap import Runtime
 from app.domain.commands import PlaceOrder
 from app.domain.errors import Busy, InvalidOrder
 from app.domain.states import OrderStatus
 from app.domain.values import DEFAULT_ADDRESS
+from app.persistence.db import is_contention
 from app.services.order import OrderView
 from config.settings import Settings
 
@@ -80,6 +82,9 @@ def _current() -> System:
 
 #: Longest field name or offending value an InvalidOrder message quotes.
 QUOTED_CHARS = 40
+
+#: How long a caller whose order lost to contention every time is told to wait (Busy).
+CONTENTION_RETRY_AFTER = 1.0
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -165,7 +170,13 @@ def admit_and_place(rt: Runtime, request: PlaceOrder) -> str:
             if existing is not None:
                 return existing
         raise
-    order_id, _created = rt.order.place(request)
+    try:
+        order_id, _created = rt.order.place(request)
+    except OperationalError as exc:
+        if not is_contention(exc):
+            raise
+        # the order's transaction lost to others every time it ran: nothing was written
+        raise Busy(CONTENTION_RETRY_AFTER, "the order database is contended (serialization failures)") from exc
     return order_id
 
 

@@ -8,7 +8,10 @@ step records and its dead letters). :class:`Database` runs work on them in trans
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +36,16 @@ from app.domain.events import Envelope, Event
 from app.domain.states import SUCCEEDED, StepOutcome
 from app.persistence import attempts, migrations
 from app.persistence.tables import StandardTables
+
+log = logging.getLogger("checkout.db")
+
+#: How many times a transaction is run when the database gives up on it for contention,
+#: and the random pause before each new run: up to CONTENTION_PAUSE × 2^attempt seconds,
+#: never over CONTENTION_PAUSE_CAP (many writers on one row under ``serializable``
+#: need a few spread-out tries, not four at once).
+CONTENTION_ATTEMPTS = 8
+CONTENTION_PAUSE = 0.005
+CONTENTION_PAUSE_CAP = 0.25
 
 T = TypeVar("T")
 
@@ -232,11 +245,17 @@ class Database:
             for hook in self._after_commit:
                 hook(self.service, uow.new_events)
 
-    def run(self, work: Callable[[UnitOfWork], T], *, causation_id: str | None = None, attempts: int = 4) -> T:
+    def run(
+        self, work: Callable[[UnitOfWork], T], *, causation_id: str | None = None, attempts: int = CONTENTION_ATTEMPTS
+    ) -> T:
         """Run ``work`` in one transaction; on a duplicate-key race, run it again.
 
         The second run sees what the winner committed, which is how a step delivered twice
-        at once still takes effect once.
+        at once still takes effect once. A transaction the database gave up on for
+        contention — a PostgreSQL serialization failure or deadlock (under ``repeatable
+        read`` or ``serializable``), SQLite busy — is run again after a short random pause
+        that grows with each attempt; past ``attempts`` the error is raised, and a task
+        retries it with backoff like any transient fault.
         """
         for attempt in range(1, attempts + 1):
             try:
@@ -246,9 +265,10 @@ class Database:
                 if attempt == attempts:
                     raise
             except OperationalError as exc:
-                # SQLite under contention; PostgreSQL deadlock or serialization failure.
                 if attempt == attempts or not _retryable(exc):
                     raise
+                log.info("%s: transaction run again after %s (attempt %d)", self.service, _contention(exc), attempt)
+                time.sleep(random.uniform(0, min(CONTENTION_PAUSE_CAP, CONTENTION_PAUSE * 2**attempt)))
         raise AssertionError("unreachable")
 
     def query(self, work: Callable[[Connection], T]) -> T:
@@ -337,7 +357,28 @@ class Database:
         return [row_to_envelope(r) for r in self.query(lambda c: c.execute(query).all())]
 
 
+#: SQLSTATEs of a transaction PostgreSQL gave up on for contention: run it again.
+RETRYABLE_SQLSTATES = {
+    "40001": "a serialization failure",
+    "40P01": "a deadlock",
+    "55P03": "a lock not available",
+}
+
+
+def _contention(exc: OperationalError) -> str:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return RETRYABLE_SQLSTATES.get(str(sqlstate), "contention") if sqlstate else "contention"
+
+
+def is_contention(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database giving up on a transaction for contention (worth
+    running again later: nothing of it was written)."""
+    return isinstance(exc, OperationalError) and _retryable(exc)
+
+
 def _retryable(exc: OperationalError) -> bool:
+    if str(getattr(exc.orig, "sqlstate", None)) in RETRYABLE_SQLSTATES:
+        return True
     message = str(exc.orig).lower()
     return any(word in message for word in ("locked", "busy", "deadlock", "serializ", "could not obtain lock"))
 
