@@ -182,3 +182,30 @@ def test_an_event_consumer_reads_newer_metadata_but_dead_letters_what_it_cannot_
     assert [(d.task, d.attempts) for d in letters] == [("order.record", 1)] * 2
     assert letters[0].reason.startswith("invalid InventoryReserved version 1 payload: warehouse: Extra inputs")
     assert letters[1].reason == "unreadable event: InventoryReserved version 2: this code reads version 1 only"
+
+
+def test_a_sweep_round_that_loses_the_broker_ends_for_the_next_round_to_do_again(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep is periodic: a round the broker (or a database) goes away in is done again by
+    the next, so it must not become a dead letter nobody can usefully redrive."""
+    from kombu.exceptions import OperationalError
+
+    def broker_away(*_args: Any) -> Any:
+        raise OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr("app.bootstrap.redrive_overdue", broker_away)
+    with caplog.at_level("WARNING", logger="checkout.sweeper"):
+        result = rt.celery.tasks["order.sweep"].apply()
+    assert result.successful() and result.result == "stopped: OperationalError"
+    assert rt.dead_letters.find() == []
+    assert "sweep stopped, OperationalError: [Errno 111] Connection refused; the next round starts over" in caplog.text
+
+    def a_bug(*_args: Any) -> Any:
+        raise KeyError("steps")
+
+    monkeypatch.setattr("app.bootstrap.redrive_overdue", a_bug)
+    result = rt.celery.tasks["order.sweep"].apply()
+    assert isinstance(result.result, Reject)  # a bug in the sweep is still kept where an operator sees it
+    (letter,) = rt.dead_letters.find()
+    assert letter.task == "order.sweep" and "KeyError" in letter.reason

@@ -33,6 +33,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 from celery import Celery, Task
 from celery.app.task import X_DEATH_HEADERS
 from celery.exceptions import Ignore, Reject, Retry
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -55,6 +56,9 @@ M = TypeVar("M", bound=BaseModel)
 #: Faults worth retrying. A database that is briefly unreachable or locked is one, and so is
 #: a connection pool with no connection free in time (every connection busy under a burst).
 TRANSIENT = (TransientFailure, OperationalError, PoolTimeout)
+#: What stops a round of periodic work that the next round simply does again: the broker or a
+#: database out of reach.
+UNREACHABLE = (*TRANSIENT, BrokerUnreachable)
 
 #: Compensations and event consumers must finish: they retry this many times more.
 PERSISTENT_RETRY_FACTOR = 4

@@ -5,14 +5,17 @@ definition (:mod:`.steps`); each service's ``republish`` by
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from celery import Task
 
 from app.domain.commands import CancelOrder, CompensateOrder, ParkOrder
 from app.domain.events import Envelope
-from app.messaging.tasks.kit import TaskKit
+from app.messaging.tasks.kit import UNREACHABLE, TaskKit
 from app.services.order import Coordinator, OrderService
+
+log = logging.getLogger("checkout.sweeper")
 
 
 def register(kit: TaskKit, orders: OrderService, coordinator: Coordinator, sweep: Callable[[], object]) -> None:
@@ -26,7 +29,11 @@ def register(kit: TaskKit, orders: OrderService, coordinator: Coordinator, sweep
         return coordinator.record(env)
 
     def swept(_task: Task) -> str:
-        return str(sweep())
+        try:
+            return str(sweep())
+        except UNREACHABLE as exc:  # a dead letter of a sweep would be redriven for nothing
+            log.warning("sweep stopped, %s: %s; the next round starts over", type(exc).__name__, exc)
+            return f"stopped: {type(exc).__name__}"
 
     kit.define("order.sweep", swept, ignore_result=True)
     kit.define("order.start", kit.persistent(Envelope, start), ignore_result=True)
