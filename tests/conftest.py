@@ -19,7 +19,7 @@ from kombu.transport import memory
 from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.api import System
-from app.bootstrap import SERVICE_MODULES
+from app.bootstrap import SERVICE_MODULES, Runtime
 from app.domain.catalog import CATALOG
 from app.persistence.db import Database, make_engine
 from app.services.inventory import InventoryService
@@ -85,6 +85,18 @@ def services(tmp_path: Path) -> Iterator[Services]:
     svc.inventory.seed({p.sku: p.initial_stock for p in CATALOG})
     yield svc
     engine.dispose()
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    """A prepared runtime on the memory broker (its queues empty before and after), with no
+    worker: tasks run eagerly with ``Task.apply``, placements stay queued."""
+    purge_memory_broker()
+    runtime = Runtime(settings)
+    runtime.prepare()
+    yield runtime
+    runtime.close()
+    purge_memory_broker()
 
 
 def purge_memory_broker() -> None:

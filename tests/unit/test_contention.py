@@ -5,8 +5,6 @@ level on a real PostgreSQL, is tests/brokers/test_isolation.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
@@ -16,8 +14,7 @@ from app.bootstrap import Runtime
 from app.domain.errors import Busy
 from app.persistence.db import CONTENTION_ATTEMPTS, UnitOfWork
 from app.services.order import orders
-from config.settings import Settings
-from tests.conftest import Services, purge_memory_broker
+from tests.conftest import Services
 
 
 class SerializationFailure(Exception):
@@ -68,16 +65,6 @@ def test_past_its_attempts_the_contention_is_raised_and_other_errors_at_once(ser
     with pytest.raises(OperationalError):
         services.dbs["inventory"].run(work)  # type: ignore[arg-type]
     assert len(calls) == 1
-
-
-@pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
-    purge_memory_broker()
-    runtime = Runtime(settings)
-    runtime.prepare()
-    yield runtime
-    runtime.close()
-    purge_memory_broker()
 
 
 @pytest.mark.timeout(30)

@@ -10,7 +10,6 @@ recorded as failed) and a bug (not retried: a dead letter).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,18 +17,6 @@ from celery.exceptions import Reject
 
 from app.bootstrap import Runtime
 from app.domain.errors import StepFailed
-from config.settings import Settings
-from tests.conftest import purge_memory_broker
-
-
-@pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
-    purge_memory_broker()
-    runtime = Runtime(settings)
-    runtime.prepare()
-    yield runtime
-    runtime.close()
-    purge_memory_broker()
 
 
 def authorize_body(token: str) -> dict[str, object]:
