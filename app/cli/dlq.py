@@ -10,6 +10,7 @@ import typer
 
 from app.cli.common import runtime
 from app.cli.output import ago, print_table
+from app.domain.errors import OrderFinished, OrderNotFound
 
 if TYPE_CHECKING:
     from app.operations.dlq import DeadLetterOps
@@ -102,10 +103,15 @@ def redrive(
 ) -> int:
     """Send a dead letter again, its retries reset (exit 1 if there is no such one, or it is
     not dead), or with --order every dead letter of that order: its saga resumes, or with
-    --compensate gives up on them and compensates the order. Exit 2 without an ID or --order."""
+    --compensate gives up on them and compensates the order (exit 1 if its saga is over).
+    Exit 2 without an ID or --order."""
     ops = _ops()
     if order:
-        letters = ops.redrive_order(order, compensate=compensate)
+        try:
+            letters = ops.redrive_order(order, compensate=compensate)
+        except (OrderFinished, OrderNotFound) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         verb = "resolved by compensating the order" if compensate else "redriven"
         print(f"{len(letters)} dead letter(s) of order {order} {verb}")
         return 0

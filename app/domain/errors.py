@@ -36,6 +36,19 @@ class NotParked(CheckoutError):
         return f"order {self.order_id} is {self.status}, not NEEDS_ATTENTION: there is nothing to retry"
 
 
+class OrderFinished(CheckoutError):
+    """An operator asked to compensate an order whose saga is over (COMPLETED or CANCELLED):
+    there is nothing to compensate."""
+
+    def __init__(self, order_id: str, status: str) -> None:
+        super().__init__(order_id, status)
+        self.order_id = order_id
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"order {self.order_id} is {self.status}: its saga is over, there is nothing to compensate"
+
+
 class Busy(CheckoutError):
     """The system is over capacity: the order was not placed. Nothing was written and
     nothing was enqueued; place it again after ``retry_after`` seconds (with the same

@@ -13,7 +13,6 @@ import base64
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.domain.commands import CompensateOrder
 from app.messaging.consumer import message_key
 from app.messaging.publisher import publish_raw
 from app.messaging.tasks import FIRST_FAILURE
@@ -72,11 +71,9 @@ class DeadLetterOps:
         and compensate the saga instead (every step that may have run is undone)."""
         letters = self.store.find(status=DEAD, order_id=order_id)
         if compensate:
-            last_step = self.rt.saga.steps[-1].name
-            body = CompensateOrder(order_id=order_id, failed_step=last_step, reason=OPERATOR_REASON).model_dump(
-                mode="json"
-            )
-            self.rt.celery.send_task(self.rt.saga.compensate_task, args=(body,))
+            # every compensation again, even those that ran before the one that gave up:
+            # each is done at most once (:class:`app.domain.errors.OrderFinished` if over)
+            self.rt.coordinator_for(self.rt.celery).compensate_now(order_id, OPERATOR_REASON)
             for letter in letters:
                 self._take_from_broker(letter)
                 self.store.set_status(letter, RESOLVED)

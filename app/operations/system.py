@@ -19,7 +19,7 @@ from app.persistence.db import Database
 from app.persistence.deadletters import DeadLetterStore
 from app.persistence.outbox import Relay
 from app.services.inventory import InventoryService
-from app.services.order import OrderService
+from app.services.order import Coordinator, OrderService
 from config.settings import Settings
 
 
@@ -55,6 +55,8 @@ class System(Protocol):
 
     @property
     def celery(self) -> Celery: ...
+
+    def coordinator_for(self, app: Celery) -> Coordinator: ...
 
     def prepare(self, services: tuple[str, ...] | None = None) -> None: ...
 

@@ -13,9 +13,10 @@ from sqlalchemy.exc import OperationalError
 import app
 import app.api
 from app.api import System
-from app.domain.errors import NotParked
+from app.domain.errors import NotParked, OrderFinished
 from app.operations.audit import audit
 from app.operations.dlq import OPERATOR_REASON, DeadLetterOps
+from app.services.payment import payment_rows
 from config.settings import Settings
 from tests.conftest import publish_raw, purge_memory_broker, wait_until
 
@@ -152,6 +153,38 @@ def test_compensate_an_order_from_its_dead_letters(quick: System, outage: pytest
     assert (view.status, view.reason) == ("CANCELLED", OPERATOR_REASON)
     assert [d.status for d in ops.letters(include_done=True)] == ["RESOLVED"]
     assert audit(rt, settle=10).clean
+
+
+VOID = {"orchestration": "payment.void", "choreography": "payment.undo"}
+
+
+def test_an_operator_compensates_a_saga_parked_by_a_void_that_could_not_finish(
+    quick: System, outage: pytest.MonkeyPatch, saga_mode: str
+) -> None:
+    """The auditor names `dlq redrive --order ID --compensate` for a parked saga. It must
+    finish the compensation — void the payment, cancel the order — not just mark the dead
+    letter resolved while the payment stays authorized."""
+    rt = quick.runtime
+    ops = DeadLetterOps(rt)
+    outage.setattr(rt.payment, "void", db_down)  # the authorization cannot be released
+    order_id = app.place_order("c", [{"sku": "MUG-01", "qty": 1}], ship_to={"country": "AQ"})
+    view = app.wait_for_order(order_id, timeout=60)
+    assert (view.status, view.attention) == ("NEEDS_ATTENTION", "void_payment: payment_unavailable")
+    (letter,) = ops.letters(order_id=order_id)
+    assert letter.task == VOID[saga_mode]
+
+    outage.undo()  # the cause is fixed; the operator gives up on the saga
+    assert ops.redrive_order(order_id, compensate=True) == [letter]
+    wait_until(lambda: app.get_order(order_id).status == "CANCELLED", timeout=30, what="the order cancelled")
+    view = app.get_order(order_id)
+    assert view.reason == "shipping_unavailable"  # the failure the saga had, not the operator's
+    (payment,) = [p for p in payment_rows(rt.databases["payment"]) if p["order_id"] == order_id]
+    assert payment["status"] == "VOIDED"
+    assert [d.status for d in ops.letters(include_done=True, order_id=order_id)] == ["RESOLVED"]
+    assert audit(rt, settle=10).clean
+
+    with pytest.raises(OrderFinished, match=f"order {order_id} is CANCELLED: its saga is over"):
+        ops.redrive_order(order_id, compensate=True)
 
 
 def test_malformed_messages_are_dead_lettered_at_once_and_the_workers_go_on(api: System) -> None:

@@ -74,6 +74,14 @@ class Coordinator:
         self.memory.compensation_dispatched(plan.order_id)
         return Move.COMPENSATING
 
+    def compensate_now(self, order_id: str, reason: str) -> None:
+        """An operator gives up on the saga: send every compensation, then the cancellation,
+        even where a compensation ran before and stopped (:class:`OrderFinished` if the saga
+        is over)."""
+        plan = self.memory.plan_operator_compensation(order_id, reason)
+        log.info("order %s: compensating at an operator's request (%s)", order_id, reason)
+        self.dispatcher.run_compensation(plan.order_id, plan.compensations, plan.cancel_command)
+
     def record(self, env: Envelope) -> bool:
         """Learn from another service's event (False: seen before); a failure event may
         confirm a failure reported earlier, whose compensation then starts."""

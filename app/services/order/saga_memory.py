@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from app.domain.commands import CancelOrder, Command, CompensateOrder
-from app.domain.errors import OrderNotFound
+from app.domain.errors import OrderFinished, OrderNotFound
 from app.domain.events import Envelope, OrderCancelled
 from app.domain.saga import Compensation
 from app.domain.states import OPEN, TERMINAL, OrderStatus, SagaState, StepOutcome, Verdict
@@ -164,6 +164,34 @@ class SagaMemory(OrderStore):
             # may have run anyway (a failure reported while the step in fact went on, say);
             # undoing a step that never ran is a no-op that also stops it from running late.
             return self._every_compensation(cmd.order_id)
+
+        return self.db.run(work)
+
+    def plan_operator_compensation(self, order_id: str, reason: str) -> CompensationPlan:
+        """An operator gives up on an order's saga: every compensation, whatever ran before —
+        a parked saga whose compensation stopped at a step that could not finish is PENDING
+        again, and the compensations (each done at most once) run from the start.
+        :class:`OrderFinished` if the saga is over."""
+
+        def work(uow: UnitOfWork) -> CompensationPlan:
+            row = order_row(uow, order_id)
+            if row.status in TERMINAL:
+                raise OrderFinished(order_id, row.status)
+            now = utcnow()
+            uow.conn.execute(
+                update(orders)
+                .where(orders.c.order_id == order_id)
+                .values(
+                    status=OrderStatus.PENDING,
+                    saga_state=SagaState.COMPENSATING,
+                    failed_step=row.failed_step or self.saga.steps[-1].name,
+                    failure_reason=row.failure_reason or reason,
+                    compensation_deferred=None,
+                    compensation_dispatched_at=now,
+                    updated_at=now,
+                )
+            )
+            return self._every_compensation(order_id)
 
         return self.db.run(work)
 
