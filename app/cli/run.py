@@ -37,9 +37,11 @@ def audit(
     ] = 0.0,
 ) -> int:
     """Check the invariants over every service's tables: every order finished, stock is
-    conserved per SKU, each order's money matches its outcome and the gateway's books, every
-    event is logged once, published and on its order's timeline, no dead letter holds up a
-    saga. Exit 1 naming every violation."""
+    conserved per SKU and each completed order took its own lines, each order's money matches
+    its outcome, its total and the gateway's books, its shipment the carrier's, every event
+    is logged once, published and on its order's timeline, no dead letter (open or marked
+    resolved) holds up a saga. Exit 1 naming every violation; warnings (orders cancelled as
+    deadline_exceeded) are listed with `!` and do not fail."""
     from app.operations.audit import audit as check
 
     rt = runtime()
@@ -50,4 +52,6 @@ def audit(
     print(report.summary())
     for violation in report.violations:
         print(f"  - {violation}")
+    for warning in report.warnings:
+        print(f"  ! {warning}")
     return 0 if report.clean else 1

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from app.adapters.fake_carrier import bookings
 from app.adapters.fake_gateway import ledger
 from app.domain.catalog import CATALOG
 from app.domain.states import TERMINAL, OrderStatus
+from app.operations.dlq import RESOLVED
 from app.persistence.deadletters import DEAD
 from app.services.inventory import reservation_rows
-from app.services.order import order_rows, timeline
+from app.services.order import order_lines, order_rows, timeline
 from app.services.payment import payment_rows
 from app.services.shipping import shipment_rows
 
@@ -34,6 +36,9 @@ class Report:
     events: int = 0
     dead_letters: int = 0
     violations: list[str] = field(default_factory=list)
+    #: Not a broken invariant, but worth a look: orders cancelled because their saga ran
+    #: out of time (``deadline_exceeded``), which a healthy system should not need.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -41,12 +46,13 @@ class Report:
 
     def summary(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.statuses.items())) or "no orders"
+        warned = f", {len(self.warnings)} warning(s)" if self.warnings else ""
         if self.clean:
             return (
                 f"clean: {self.orders} orders ({counts}), {self.events} events, "
-                f"{self.dead_letters} dead letters accounted for, 0 violations"
+                f"{self.dead_letters} dead letters accounted for, 0 violations{warned}"
             )
-        return f"{len(self.violations)} violation(s) over {self.orders} orders ({counts})"
+        return f"{len(self.violations)} violation(s) over {self.orders} orders ({counts}){warned}"
 
 
 def audit(rt: System, settle: float = 0.0) -> Report:
@@ -84,7 +90,15 @@ def _audit_once(rt: System) -> Report:
     for oid in set(payments) | set(reservations) | set(shipments):
         if oid not in orders:
             bad.append(f"order {oid}: has payment/stock/shipment records but no order")
+    _check_lines(rt, orders, reservations, bad)
     _check_gateway(rt, orders, bad)
+    _check_carrier(rt, orders, shipments, bad)
+    for oid, order in orders.items():
+        if order["status"] == OrderStatus.CANCELLED and order["reason"] == "deadline_exceeded":
+            report.warnings.append(
+                f"order {oid}: cancelled as deadline_exceeded: its saga did not finish in time "
+                "(a worker down or a queue lost? `python -m app orders show ID`)"
+            )
 
     # 5. every event id appears once across all logs; every event was published and
     #    reached its order's timeline
@@ -117,15 +131,41 @@ def _check_logs(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]) -
 
 
 def _check_dead_letters(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]) -> int:
-    """No open dead letter holds up an unfinished order; how many are open."""
-    letters = rt.dead_letters.find(status=DEAD)
+    """No dead letter, open or marked resolved, holds up an unfinished order; how many are open."""
+    letters = rt.dead_letters.find(status=None)
     for letter in letters:
-        if letter.order_id in orders and orders[letter.order_id]["status"] not in TERMINAL:
+        if letter.order_id not in orders or orders[letter.order_id]["status"] in TERMINAL:
+            continue
+        if letter.status == DEAD:
             bad.append(
                 f"dead letter {letter.id[:8]} ({letter.task}, {letter.reason}) holds up order {letter.order_id}: "
                 "redrive it, or compensate the order (python -m app dlq redrive --order ID [--compensate])"
             )
-    return len(letters)
+        elif letter.status == RESOLVED:
+            bad.append(
+                f"dead letter {letter.id[:8]} ({letter.task}) is marked resolved, but its order {letter.order_id} "
+                f"is still {orders[letter.order_id]['status']}"
+            )
+    return sum(1 for letter in letters if letter.status == DEAD)
+
+
+def _check_lines(
+    rt: System, orders: dict[str, dict[str, Any]], reservations: dict[str, dict[str, Any]], bad: list[str]
+) -> None:
+    """The stock a completed order committed is its own lines, no more, no less."""
+    rows = rt.databases["order"].query(lambda c: c.execute(select(order_lines)).all())
+    lines: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        lines[row.order_id][row.sku] += row.qty
+    for oid, order in orders.items():
+        reservation = reservations.get(oid)
+        if order["status"] != OrderStatus.COMPLETED or reservation is None:
+            continue
+        held: Counter[str] = Counter()
+        for line in reservation["lines"]:
+            held[line["sku"]] += line["qty"]
+        if held != lines[oid]:
+            bad.append(f"order {oid}: committed stock {dict(held)} is not the order's lines {dict(lines[oid])}")
 
 
 def _check_stock(rt: System, reservations: dict[str, dict[str, Any]], bad: list[str]) -> None:
@@ -185,21 +225,56 @@ def _check_order(
 
 
 def _check_gateway(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]) -> None:
-    """What the gateway itself did: each operation at most once per order, and every
-    authorization that was not captured was voided."""
+    """What the gateway itself did: each operation at most once per order, for the order's
+    total; every authorization that was not captured was voided; money taken from a
+    cancelled order was given back, and none given back on a completed one."""
     rows = rt.databases["payment"].query(lambda c: c.execute(select(ledger).where(ledger.c.outcome == "ok")).all())
     done: dict[str, Counter[str]] = defaultdict(Counter)
+    amounts: dict[str, dict[str, int]] = defaultdict(dict)
     for row in rows:
         done[row.reference][row.operation] += 1
+        amounts[row.reference][row.operation] = row.amount_cents
     for oid, ops in done.items():
         for op in ("authorize", "capture", "void", "refund"):
             if ops[op] > 1:
                 bad.append(f"order {oid}: gateway {op} happened {ops[op]} times")
-        if ops["authorize"] and not (ops["capture"] or ops["void"]):
-            if oid in orders and orders[oid]["status"] in TERMINAL:
-                bad.append(f"order {oid}: gateway authorization neither captured nor voided")
-        if ops["capture"] and ops["void"]:
-            bad.append(f"order {oid}: gateway both captured and voided")
+        status = orders[oid]["status"] if oid in orders else None
+        if ops["authorize"] and not (ops["capture"] or ops["void"]) and status in TERMINAL:
+            bad.append(f"order {oid}: gateway authorization neither captured nor voided")
+        if ops["capture"] and ops["void"] and not ops["refund"]:
+            bad.append(f"order {oid}: gateway captured and voided, never refunded: the money was taken")
+        if status == OrderStatus.CANCELLED and ops["capture"] and not ops["refund"]:
+            bad.append(f"order {oid}: CANCELLED but the gateway captured and never refunded")
+        if status == OrderStatus.COMPLETED and ops["refund"]:
+            bad.append(f"order {oid}: COMPLETED but the gateway refunded {amounts[oid]['refund']}")
+        if oid in orders:
+            total = orders[oid]["total_cents"]
+            for op in ("authorize", "capture", "refund"):
+                if op in amounts[oid] and amounts[oid][op] != total:
+                    bad.append(f"order {oid}: gateway {op} of {amounts[oid][op]}, the order's total is {total}")
+
+
+def _check_carrier(
+    rt: System, orders: dict[str, dict[str, Any]], shipments: dict[str, dict[str, Any]], bad: list[str]
+) -> None:
+    """What the carrier itself did: a completed order's shipment booked there, under its
+    tracking reference, and not cancelled; every booking of a cancelled order cancelled."""
+    rows = rt.databases["shipping"].query(lambda c: c.execute(select(bookings)).all())
+    booked: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in rows:
+        booked[row.reference][row.operation] = row.tracking_ref
+    for oid, order in orders.items():
+        ops = booked.get(oid, {})
+        if order["status"] == OrderStatus.COMPLETED:
+            shipment = shipments.get(oid)
+            if "schedule" not in ops or "cancel" in ops:
+                bad.append(f"order {oid}: COMPLETED but the carrier has it {'cancelled' if ops else 'not booked'}")
+            elif shipment is not None and shipment["tracking_ref"] != ops["schedule"]:
+                bad.append(f"order {oid}: shipment {shipment['tracking_ref']}, the carrier booked {ops['schedule']}")
+        elif order["status"] == OrderStatus.CANCELLED and "schedule" in ops and "cancel" not in ops:
+            bad.append(f"order {oid}: CANCELLED but the carrier's booking {ops['schedule']} was never cancelled")
+    for oid in set(booked) - set(orders):
+        bad.append(f"order {oid}: booked with the carrier but no such order")
 
 
 def _state(row: dict[str, Any] | None) -> str:
