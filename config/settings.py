@@ -16,13 +16,10 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
+from config.names import BUILTIN_EXTENSIONS, SERVICES
 
 Service = Literal["order", "inventory", "payment", "shipping"]
 
-#: Consumers that ship with the system and can be added by name (``CHECKOUT_EXTENSIONS``):
-#: name -> ``module:attribute`` of their :class:`app.extensions.Extension`.
-BUILTIN_EXTENSIONS: dict[str, str] = {"analytics": "app.analytics:extension"}
 
 #: An extension's name: its queue, its task prefix (``<name>.handle``) and its tables' prefix.
 EXTENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from config.settings import BUILTIN_EXTENSIONS, SERVICES
+from config.names import BUILTIN_EXTENSIONS, SERVICES
 
 if TYPE_CHECKING:
     from app.bootstrap import Runtime

@@ -11,7 +11,7 @@ import typer
 
 from app.cli.common import SERVICE_NAMES, choices_metavar, one_of
 from app.cli.output import print_table
-from config.settings import BUILTIN_EXTENSIONS, SERVICES
+from config.names import BUILTIN_EXTENSIONS, SERVICES
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import typer
-from pydantic import ValidationError
 from typer.core import TyperCommand, TyperGroup
 
 from app.cli import analytics, db, dlq, events, ops, orders, place, replay, run, settings
 from app.cli.output import interactive
-from app.messaging import BrokerUnreachable
 from app.messaging.telemetry import use_log_format
 
 PROG = "python -m app"
@@ -98,13 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except typer.TyperException as exc:  # a usage error: an unknown option, a bad value, a missing argument
         return _usage_error(exc)
-    except ValidationError as exc:  # the settings: name the variable, say what is wrong
-        print("configuration error (see `python -m app settings --help`):", file=sys.stderr)
-        for error in exc.errors(include_url=False):
-            name = "CHECKOUT_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
-            print(f"  {name}: {error['msg']}", file=sys.stderr)
-        return 2
-    except BrokerUnreachable as exc:  # a command that needs the broker, with the broker away
+    except Exception as exc:
+        if _bad_settings(exc):  # the settings: name the variable, say what is wrong
+            return 2
+        if not _broker_unreachable(exc):
+            raise
+        # a command that needs the broker, with the broker away
         print(
             f"error: the broker cannot be reached ({exc}); is it running? `python -m app health` checks each part",
             file=sys.stderr,
@@ -113,6 +110,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted after {time.monotonic() - started:.1f}s", file=sys.stderr)
         return 130
+
+
+def _bad_settings(exc: Exception) -> bool:
+    """Say what is wrong with the settings, if that is what ``exc`` is."""
+    from pydantic import ValidationError  # loaded already if that is what was raised
+
+    if not isinstance(exc, ValidationError):
+        return False
+    print("configuration error (see `python -m app settings --help`):", file=sys.stderr)
+    for error in exc.errors(include_url=False):
+        name = "CHECKOUT_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
+        print(f"  {name}: {error['msg']}", file=sys.stderr)
+    return True
+
+
+def _broker_unreachable(exc: Exception) -> bool:
+    from app.messaging import BrokerUnreachable  # loaded already if that is what was raised
+
+    return isinstance(exc, BrokerUnreachable)
 
 
 def _usage_error(exc: typer.TyperException) -> int:

@@ -18,9 +18,6 @@ import contextvars
 import logging
 from typing import Any
 
-from celery import signals
-from pythonjsonlogger.json import JsonFormatter
-
 CORRELATION = "x_correlation_id"
 CAUSATION = "x_causation_id"
 
@@ -73,6 +70,8 @@ class ContextFilter(logging.Filter):
 
 
 def json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter  # only where lines are JSON
+
     return JsonFormatter(
         "{levelname}{name}{processName}{message}{correlation_id}{causation_id}{message_id}{task}",
         style="{",
@@ -101,6 +100,7 @@ def install(log_format: str) -> None:
     if _installed:
         return
     _installed = True
+    from celery import signals  # here: a command that only logs needs no Celery
 
     @signals.before_task_publish.connect(weak=False)
     def _stamp(headers: dict[str, Any] | None = None, body: Any = None, **_: Any) -> None:

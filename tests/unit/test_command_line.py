@@ -204,3 +204,59 @@ def test_the_demo_does_not_import_the_command_line() -> None:
         for b in modules:
             if a < b and graph.chain_exists(a, b) and graph.chain_exists(b, a):
                 raise AssertionError(f"an import loop: {a} <-> {b}")
+
+
+#: What a command that runs the system loads, and help or a usage error must not: Celery,
+#: kombu, SQLAlchemy, Alembic, the settings, Rich and the JSON log formatter. (pydantic
+#: itself comes with Typer's own parameter adapters, for any subcommand.)
+HEAVY = {
+    "celery",
+    "kombu",
+    "amqp",
+    "sqlalchemy",
+    "alembic",
+    "pydantic_settings",
+    "rich",
+    "pythonjsonlogger",
+}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["orders", "--help"],
+        ["orders", "show", "--help"],
+        ["dlq", "redrive", "--help"],
+        ["orders", "--nope"],
+    ],
+    ids=" ".join,
+)
+def test_help_and_usage_errors_load_nothing_heavy(argv: list[str]) -> None:
+    """Start-up is fast because nothing heavy is imported before a command needs it (timed
+    in the closing notes, not here: this box's speed varies; what is loaded does not)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom app.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}), code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    loaded_line, code = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert int(code) == (2 if "--nope" in argv else 0), done.stdout + done.stderr
+    loaded = set(eval(loaded_line))  # noqa: S307  (our own subprocess's printed list)
+    assert loaded & HEAVY == set(), f"{' '.join(argv)} loaded {sorted(loaded & HEAVY)}"
+
+
+def test_a_command_that_runs_the_system_loads_it() -> None:
+    """The probe above sees what a command loads: `catalog` needs the system."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom app.cli import main\nmain(['catalog'])\nprint(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert {"celery", "sqlalchemy", "pydantic_settings"} <= set(eval(done.stdout.strip().splitlines()[-1]))  # noqa: S307
