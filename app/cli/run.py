@@ -35,18 +35,28 @@ def audit(
         float,
         typer.Option("--settle", metavar="SECONDS", help="re-check for up to this many seconds while sagas finish"),
     ] = 0.0,
+    drain: Annotated[
+        float,
+        typer.Option(
+            "--drain",
+            metavar="SECONDS",
+            help="first wait up to this long for the broker's service queues to empty (what is still queued "
+            "is a violation either way: sagas in flight)",
+        ),
+    ] = 0.0,
 ) -> int:
     """Check the invariants over every service's tables: every order finished, stock is
     conserved per SKU and each completed order took its own lines, each order's money matches
     its outcome, its total and the gateway's books, its shipment the carrier's, every event
     is logged once, published and on its order's timeline, no dead letter (open or marked
-    resolved) holds up a saga. Exit 1 naming every violation; warnings (orders cancelled as
-    deadline_exceeded) are listed with `!` and do not fail."""
+    resolved) holds up a saga, and nothing is still queued on the broker. Exit 1 naming
+    every violation; warnings (orders cancelled as deadline_exceeded) are listed with `!`
+    and do not fail."""
     from app.operations.audit import audit as check
 
     rt = runtime()
     try:
-        report = check(rt, settle=settle)
+        report = check(rt, settle=settle, drain=drain)
     finally:
         rt.close()
     print(report.summary())

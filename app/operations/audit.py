@@ -18,6 +18,7 @@ from app.adapters.fake_carrier import bookings
 from app.adapters.fake_gateway import ledger
 from app.domain.catalog import CATALOG
 from app.domain.states import TERMINAL, OrderStatus
+from app.messaging.queues import queue_depths
 from app.operations.dlq import RESOLVED
 from app.persistence.deadletters import DEAD
 from app.services.inventory import reservation_rows
@@ -55,14 +56,42 @@ class Report:
         return f"{len(self.violations)} violation(s) over {self.orders} orders ({counts}){warned}"
 
 
-def audit(rt: System, settle: float = 0.0) -> Report:
-    """Check every invariant; with ``settle`` > 0, retry until clean or time is up."""
+def audit(rt: System, settle: float = 0.0, drain: float | None = None) -> Report:
+    """Check every invariant; with ``settle`` > 0, retry until clean or time is up.
+
+    With ``drain`` (seconds) the broker is asked too: first wait up to that long for the
+    service queues to empty, then count every message still queued as a violation (sagas
+    in flight: the books are not final yet)."""
     deadline = time.monotonic() + settle
+    if drain is not None:
+        end = time.monotonic() + drain
+        while _queued(rt) and time.monotonic() < end:
+            time.sleep(0.2)
     while True:
         report = _audit_once(rt)
+        if drain is not None:
+            _check_queues(rt, report.violations)
         if report.clean or time.monotonic() >= deadline:
             return report
         time.sleep(0.2)
+
+
+def _queued(rt: System) -> dict[str, int] | str:
+    """Messages waiting per service queue (only those with some), or why the broker did not say."""
+    try:
+        depths = queue_depths(rt.celery, rt.settings)
+    except Exception as exc:  # any failure to ask is the answer
+        return f"{type(exc).__name__}: {exc}"
+    return {queue: n for queue, (n, _) in depths.items() if queue in rt.settings.queues and n}
+
+
+def _check_queues(rt: System, bad: list[str]) -> None:
+    queued = _queued(rt)
+    if isinstance(queued, str):
+        bad.append(f"broker: cannot be asked what is still queued ({queued}); these books may not be final")
+        return
+    for queue, n in sorted(queued.items()):
+        bad.append(f"broker: {n} message(s) still queued on {queue}: sagas are in flight, these books are not final")
 
 
 def _audit_once(rt: System) -> Report:

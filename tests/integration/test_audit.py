@@ -3,6 +3,8 @@ on the books a real run wrote (the demo's orders), tampered with one fault at a 
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,8 @@ from sqlalchemy import delete, insert, update
 import app
 from app.adapters.fake_carrier import bookings
 from app.adapters.fake_gateway import ledger
-from app.api import System
+from app.api import System, admit_and_place, validate_order
+from app.bootstrap import Runtime
 from app.operations.audit import audit
 from app.operations.dlq import RESOLVED
 from app.persistence.db import utcnow
@@ -135,3 +138,21 @@ def test_a_deadline_cancellation_is_a_warning_and_a_resolved_letter_on_an_open_o
     assert any(f"is marked resolved, but its order {done} is still NEEDS_ATTENTION" in v for v in report.violations), (
         report.violations
     )
+
+
+@pytest.mark.timeout(60)
+def test_the_auditor_asked_to_drain_counts_what_is_still_queued(rt: Runtime) -> None:
+    """No worker here: the order's start stays queued. The books alone cannot tell a saga in
+    flight from a finished one's; the broker can."""
+    order_id = admit_and_place(rt, validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
+    started = time.monotonic()
+    report = audit(rt, drain=0.5)
+    assert time.monotonic() - started >= 0.5  # it waited for the queues to drain
+    queued = [v for v in report.violations if v.startswith("broker: ")]
+    # orchestration: the order's start; choreography: OrderPlaced for each service that reacts
+    assert queued and all(
+        re.fullmatch(r"broker: 1 message\(s\) still queued on \w+: sagas are in flight, these books are not final", v)
+        for v in queued
+    ), report.violations
+    assert any(order_id in v and "not finished" in v for v in report.violations)
+    assert not any(v.startswith("broker:") for v in audit(rt).violations)  # the books alone, as before
