@@ -86,6 +86,7 @@ def main() -> int:
     default_options.basic_auth = [credentials]
     protect_metrics(urls.handlers)
     app = monitor_app(settings)
+    app.set_current()  # Flower's task-result page asks the current app for the result backend
     code = app.start(["flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}"])
     return int(code or 0)
 

@@ -185,6 +185,12 @@ def test_flower_shows_the_service_workers_and_the_task_names_behind_basic_auth(
         for name, worker in ran:
             assert worker.split("@", 1)[0] == name.split(".", 1)[0], (name, worker)
 
+        # A task's result, as the result backend holds it (the page asks Flower's own app).
+        reserved = [tid for tid, task in json.loads(body).items() if task.get("name") == "inventory.reserve"]
+        status, body = http_get(f"{base}/api/task/result/{reserved[0]}", auth)
+        assert status == 200, body
+        assert json.loads(body)["state"] == "SUCCESS", body
+
         # With the credentials, /metrics is Flower's Prometheus page for these workers
         # (a worker counts as online from its next heartbeat event).
         wanted = [f'flower_worker_online{{worker="{node}"}} 1.0' for node in nodes] + ['task="inventory.reserve"']
