@@ -23,27 +23,25 @@ class OrderNotFound(CheckoutError, LookupError):
     """No order has this id."""
 
 
-class NotParked(CheckoutError):
-    """An operator asked to retry a saga that is not parked: only a NEEDS_ATTENTION saga
-    can be retried. ``status`` is the order's."""
+class _NotInStatus(CheckoutError):
+    """An operator asked for something the order's ``status`` does not allow; nothing changed."""
 
     def __init__(self, order_id: str, status: str) -> None:
         super().__init__(order_id, status)
         self.order_id = order_id
         self.status = status
+
+
+class NotParked(_NotInStatus):
+    """An operator asked to retry a saga that is not parked: only a NEEDS_ATTENTION saga
+    can be retried."""
 
     def __str__(self) -> str:
         return f"order {self.order_id} is {self.status}, not NEEDS_ATTENTION: there is nothing to retry"
 
 
-class OrderFinished(CheckoutError):
-    """An operator asked to compensate an order whose saga is over (COMPLETED or CANCELLED):
-    there is nothing to compensate."""
-
-    def __init__(self, order_id: str, status: str) -> None:
-        super().__init__(order_id, status)
-        self.order_id = order_id
-        self.status = status
+class OrderFinished(_NotInStatus):
+    """An operator asked to compensate an order whose saga is over (COMPLETED or CANCELLED)."""
 
     def __str__(self) -> str:
         return f"order {self.order_id} is {self.status}: its saga is over, there is nothing to compensate"

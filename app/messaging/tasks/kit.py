@@ -33,7 +33,6 @@ from typing import Any, NoReturn, Protocol, TypeVar
 from celery import Celery, Task
 from celery.app.task import X_DEATH_HEADERS
 from celery.exceptions import Ignore, Reject, Retry
-from kombu.exceptions import OperationalError as BrokerUnreachable
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -43,6 +42,7 @@ from app.domain.errors import OrderNotFound, StepFailed, TransientFailure
 from app.domain.events import Envelope, UnreadableEvent
 from app.domain.saga import Saga
 from app.domain.states import StepOutcome
+from app.messaging import BrokerUnreachable
 from app.persistence import attempts
 from app.persistence.db import StepRecord
 from app.persistence.deadletters import DeadLetterStore
