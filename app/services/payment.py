@@ -25,10 +25,9 @@ from app.domain.events import (
     PaymentVoided,
 )
 from app.domain.ports import PaymentGateway
-from app.domain.states import StepOutcome
 from app.persistence.db import Database, StepRecord, UnitOfWork, utcnow
 from app.persistence.tables import standard_tables
-from app.services.steps import compensation, forward_step_with_call, give_up, placed, undo_earlier_call
+from app.services.steps import compensation, forward_step_with_call, give_up, placed
 
 log = logging.getLogger("checkout.payment")
 
@@ -111,26 +110,20 @@ class PaymentService:
         """Take the authorized amount. Idempotent by (order, capture_payment)."""
         oid = cmd.order_id
         held = self.db.run(lambda uow: _held(uow, oid, "AUTHORIZED"))
-        if held is None:
-            recorded = self.db.run(lambda uow: uow.step(oid, "capture_payment"))
-            if recorded is not None:
-                if recorded.outcome == StepOutcome.PREVENTED:  # voided since: give back what a crashed attempt took
-                    undo_earlier_call(
-                        lambda: self.gateway.find(f"{oid}:capture"), lambda ref: self._refund_late(oid, ref)
-                    )
-                return recorded
+        if held is None and self.db.run(lambda uow: uow.step(oid, "capture_payment")) is None:
             raise BusinessFailure("payment_unavailable", f"order {oid} has no authorized payment to capture")
+        # With nothing held the step is recorded: forward_step_with_call answers with the record
+        # before any call (and, if it is prevented, refunds what a crashed attempt captured).
+        auth_ref, amount = (held.ref, held.amount_cents) if held is not None else ("", 0)
 
         def on_success(uow: UnitOfWork, capture_ref: str) -> dict[str, object]:
             uow.conn.execute(
                 update(payments)
                 .where(payments.c.order_id == oid)
-                .values(
-                    status="CAPTURED", capture_ref=capture_ref, captured_cents=held.amount_cents, updated_at=utcnow()
-                )
+                .values(status="CAPTURED", capture_ref=capture_ref, captured_cents=amount, updated_at=utcnow())
             )
             currency = uow.conn.execute(select(payments.c.currency).where(payments.c.order_id == oid)).scalar_one()
-            uow.emit(PaymentCaptured(order_id=oid, amount_cents=held.amount_cents, currency=currency))
+            uow.emit(PaymentCaptured(order_id=oid, amount_cents=amount, currency=currency))
             return {"capture_ref": capture_ref}
 
         def on_failure(uow: UnitOfWork, failure: BusinessFailure) -> None:
@@ -140,25 +133,21 @@ class PaymentService:
             self.db,
             oid,
             "capture_payment",
-            call=lambda: self.gateway.capture(
-                held.ref, held.amount_cents, idempotency_key=f"{oid}:capture", reference=oid
-            ),
+            call=lambda: self.gateway.capture(auth_ref, amount, idempotency_key=f"{oid}:capture", reference=oid),
             on_success=on_success,
             on_failure=on_failure,
-            undo=lambda capture_ref: self.gateway.refund(
-                capture_ref, held.amount_cents, idempotency_key=f"{oid}:refund", reference=oid
-            ),
+            undo=lambda capture_ref: self._refund_capture(oid, capture_ref),
             find=lambda: self.gateway.find(f"{oid}:capture"),
             causation_id=causation_id,
         )
 
-    def _refund_late(self, order_id: str, capture_ref: str) -> None:
-        """Give back a capture that went through after its order's payment was voided (the
-        attempt crashed before recording it): the amount is the order's authorized total."""
-        amount = self.db.query(
+    def _refund_capture(self, order_id: str, capture_ref: str) -> None:
+        """Give back a capture that went through after the step was compensated (found
+        ``prevented``): the amount is the order's authorized total."""
+        total = self.db.query(
             lambda c: c.execute(select(payments.c.amount_cents).where(payments.c.order_id == order_id)).scalar_one()
         )
-        self.gateway.refund(capture_ref, amount, idempotency_key=f"{order_id}:refund", reference=order_id)
+        self.gateway.refund(capture_ref, total, idempotency_key=f"{order_id}:refund", reference=order_id)
 
     def give_up(self, order_id: str, step: str, reason: str, causation_id: str | None = None) -> StepRecord:
         """A step's retries ran out: record the failure and say so with PaymentFailed."""

@@ -45,8 +45,8 @@ def forward_step_with_call(
     """
     existing = db.run(lambda uow: uow.step(order_id, step))
     if existing is not None:
-        if existing.outcome == StepOutcome.PREVENTED:
-            undo_earlier_call(find, undo)
+        if existing.outcome == StepOutcome.PREVENTED and (earlier := find()) is not None:
+            undo(earlier)  # idempotent by its own key: finding it undone already is fine
         return existing
     try:
         result = call()
@@ -73,14 +73,6 @@ def forward_step_with_call(
     if record.outcome == StepOutcome.PREVENTED:
         undo(result)
     return record
-
-
-def undo_earlier_call(find: Callable[[], R | None], undo: Callable[[R], None]) -> None:
-    """A step found ``prevented``: reverse what an earlier attempt's call did, if one went
-    through (the undo is idempotent by its own key, so finding it undone already is fine)."""
-    earlier = find()
-    if earlier is not None:
-        undo(earlier)
 
 
 def compensation(
