@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,13 +19,14 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from app.api import System, admit_and_place, validate_order
+from app.api import CONTENTION_RETRY_AFTER, System, admit_and_place, validate_order
+from app.domain.commands import PlaceOrder
 from app.domain.errors import Busy
 from app.operations.audit import audit
 from app.operations.dlq import DeadLetterOps
 from app.services.inventory import stock
 from tests.brokers.test_multiprocess import wait_all_terminal
-from tests.support.cluster import Workers, database_name, postgres_database
+from tests.support.cluster import Workers, database_name, poll_until, postgres_database
 
 STOCK = 25
 ORDERS = 60
@@ -57,26 +57,29 @@ def place_racing(system: System) -> tuple[list[str], int, list[str]]:
     lock = threading.Lock()
     start = threading.Barrier(THREADS)
 
-    def placer(k: int) -> None:
+    def placed(request: PlaceOrder) -> str | None:
+        """The order's id once placed; None while refused as busy (placed again at the next poll)."""
         nonlocal refused
+        try:
+            return admit_and_place(system.runtime, request)
+        except Busy:
+            with lock:
+                refused += 1
+            return None
+
+    def placer(k: int) -> None:
         start.wait(timeout=30)
         for n in range(k, ORDERS, THREADS):
             request = validate_order(f"race-{n}", [{"sku": "POSTER-01", "qty": 1}], idempotency_key=f"race-{n}")
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    order_id = admit_and_place(system.runtime, request)
-                    break
-                except Busy as exc:
-                    with lock:
-                        refused += 1
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(exc.retry_after)  # the caller's own backoff, as a client does
-                except Exception as exc:
-                    with lock:
-                        errors.append(f"order {n}: {type(exc).__name__}: {exc}")
-                    return
+            try:
+                # polled at the Busy's retry_after, as a client backs off
+                order_id = poll_until(
+                    lambda r=request: placed(r), timeout=60, interval=CONTENTION_RETRY_AFTER, what=f"order {n}"
+                )
+            except Exception as exc:
+                with lock:
+                    errors.append(f"order {n}: {type(exc).__name__}: {exc}")
+                return
             with lock:
                 ids.append(order_id)
 
