@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, insert, select
-from sqlalchemy.exc import IntegrityError
 
-from app.domain.errors import BusinessFailure, TransientFailure
+from app.adapters import first_call_wins
+from app.domain.errors import BusinessFailure
 from app.domain.ports import Carrier
 from app.domain.values import Address, Line
 from app.persistence.db import utcnow
@@ -56,22 +56,20 @@ class FakeCarrier(Carrier):
         return None if found is None else str(found)
 
     def _book(self, operation: str, key: str, reference: str, tracking_ref: str) -> str:
-        for _ in range(5):
-            try:
-                with self.engine.begin() as conn:
-                    row = conn.execute(select(bookings.c.tracking_ref).where(bookings.c.idempotency_key == key)).first()
-                    if row is not None:
-                        return str(row.tracking_ref)
-                    conn.execute(
-                        insert(bookings).values(
-                            idempotency_key=key,
-                            operation=operation,
-                            reference=reference,
-                            tracking_ref=tracking_ref,
-                            updated_at=utcnow(),
-                        )
+        def attempt() -> str:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(bookings.c.tracking_ref).where(bookings.c.idempotency_key == key)).first()
+                if row is not None:
+                    return str(row.tracking_ref)
+                conn.execute(
+                    insert(bookings).values(
+                        idempotency_key=key,
+                        operation=operation,
+                        reference=reference,
+                        tracking_ref=tracking_ref,
+                        updated_at=utcnow(),
                     )
-                    return tracking_ref
-            except IntegrityError:
-                continue  # a concurrent first call with the same key; read its result
-        raise TransientFailure("shipping_unavailable", "carrier books contention")
+                )
+                return tracking_ref
+
+        return first_call_wins(attempt, "shipping_unavailable", "carrier books contention")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 
 from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
+from app.adapters import first_call_wins
 from app.domain.errors import BusinessFailure, TransientFailure
 from app.domain.ports import PaymentGateway
 from app.persistence.db import utcnow
@@ -69,12 +69,11 @@ class FakePaymentGateway(PaymentGateway):
         return None if found is None else str(found)
 
     def _call(self, operation: str, token: str, amount: int, key: str, reference: str) -> str:
-        for _ in range(5):
-            try:
-                return self._attempt(operation, token, amount, key, reference)
-            except IntegrityError:
-                continue  # a concurrent first call with the same key; read its result
-        raise TransientFailure("payment_unavailable", "gateway ledger contention")
+        return first_call_wins(
+            lambda: self._attempt(operation, token, amount, key, reference),
+            "payment_unavailable",
+            "gateway ledger contention",
+        )
 
     def _attempt(self, operation: str, token: str, amount: int, key: str, reference: str) -> str:
         with self.engine.begin() as conn:
