@@ -270,10 +270,9 @@ def _check_gateway(rt: System, orders: dict[str, dict[str, Any]], bad: list[str]
         status = orders[oid]["status"] if oid in orders else None
         if ops["authorize"] and not (ops["capture"] or ops["void"]) and status in TERMINAL:
             bad.append(f"order {oid}: gateway authorization neither captured nor voided")
-        if ops["capture"] and ops["void"] and not ops["refund"]:
-            bad.append(f"order {oid}: gateway captured and voided, never refunded: the money was taken")
-        if status == OrderStatus.CANCELLED and ops["capture"] and not ops["refund"]:
-            bad.append(f"order {oid}: CANCELLED but the gateway captured and never refunded")
+        if ops["capture"] and not ops["refund"] and (ops["void"] or status == OrderStatus.CANCELLED):
+            voided = " (its authorization voided since)" if ops["void"] else ""
+            bad.append(f"order {oid}: {status or 'no order'}, the gateway captured{voided} and never refunded")
         if status == OrderStatus.COMPLETED and ops["refund"]:
             bad.append(f"order {oid}: COMPLETED but the gateway refunded {amounts[oid]['refund']}")
         if oid in orders:
