@@ -32,8 +32,9 @@ from app.messaging.canvas import CanvasDispatcher, check_canvas_settings
 from app.messaging.consumer import ConsumerContext, bind_consumer
 from app.messaging.publisher import CeleryPublisher
 from app.messaging.tasks import Collaborators, register_tasks
+from app.operations.dlq import DeadLetterOps
 from app.operations.logs import quiet_expected_failures
-from app.operations.sweeper import redrive_overdue
+from app.operations.sweeper import SweepReport, redrive_overdue
 from app.persistence.db import Database, make_engine
 from app.persistence.deadletters import DeadLetterStore
 from app.persistence.outbox import Relay, outbox_sweeper
@@ -143,8 +144,17 @@ class Runtime:
             databases=self.databases,
             extensions=self.extensions,
             publish=self.relay.publish,
-            sweep=lambda: redrive_overdue(self, app),
+            sweep=lambda: self.sweep(app),
         )
+
+    def sweep(self, app: Celery) -> SweepReport:
+        """One round of the saga sweeper through ``app``; then what RabbitMQ dead-lettered on
+        its own (a quorum queue's delivery limit) goes into the dead-letter store."""
+        report = redrive_overdue(self, app)
+        report.letters_taken_in = DeadLetterOps(self).take_in()
+        if report.letters_taken_in:
+            log.warning("sweeper: %s", report)
+        return report
 
     def _configured_celery(self, name: str) -> Celery:
         app = Celery(name, set_as_current=False)

@@ -37,6 +37,7 @@ def list_letters(
     """The dead letters still dead (with --all, every one): id, queue, task, order, reason,
     attempts, first and last failure, status; on RabbitMQ, the depth of each .dlq queue."""
     ops = _ops()
+    ops.take_in()  # what RabbitMQ dead-lettered on its own (a delivery limit) shows too
     letters = ops.letters(include_done=every, order_id=order)
     rows = [
         (

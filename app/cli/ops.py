@@ -19,11 +19,9 @@ def sweep() -> int:
     """One round of the saga sweeper: each saga past its deadline whose messages were lost is
     re-driven from what was recorded (its missing deliveries sent again) or, out of time,
     compensated. Prints what it did; beat runs the same sweep periodically."""
-    from app.operations.sweeper import redrive_overdue
-
     rt = runtime()
     try:
-        report = redrive_overdue(rt, rt.celery)
+        report = rt.sweep(rt.celery)
     finally:
         rt.close()
     print(f"sweep: {report}")

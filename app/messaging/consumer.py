@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,58 @@ def raw_message(message: Message, keep: int | None = None) -> dict[str, Any]:
     if keep is not None and len(body) > keep:
         raw |= {"truncated": True, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     return raw
+
+
+#: Headers RabbitMQ adds when it dead-letters a message: not part of the message sent again.
+DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-reason",
+    "x-first-death-queue",
+    "x-first-death-exchange",
+    "x-last-death-reason",
+    "x-last-death-queue",
+    "x-last-death-exchange",
+)
+
+
+@dataclass(frozen=True)
+class BrokerDeath:
+    """Why and from where RabbitMQ dead-lettered a message (its first ``x-death`` entry)."""
+
+    reason: str  # rejected, delivery_limit, expired, maxlen
+    queue: str
+    routing_key: str | None
+    count: int
+
+
+def broker_death(message: Message) -> BrokerDeath | None:
+    """What the broker wrote on a message it dead-lettered; None for one it did not."""
+    deaths = _headers(message).get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return None
+    first = deaths[0]
+    keys = first.get("routing-keys")
+    key = keys[0] if isinstance(keys, list) and keys and isinstance(keys[0], str) else None
+    count = first.get("count")
+    return BrokerDeath(
+        str(first.get("reason") or "unknown"),
+        str(first.get("queue") or ""),
+        key,
+        count if isinstance(count, int) and not isinstance(count, bool) else 1,
+    )
+
+
+def task_order_id(message: Message) -> str | None:
+    """The order a task message is about: its first argument's ``order_id``, when it has one."""
+    try:
+        decoded = json.loads(body_bytes(message))
+    except ValueError:
+        return None
+    if isinstance(decoded, list) and decoded and isinstance(decoded[0], list) and decoded[0]:
+        first = decoded[0][0]
+        if isinstance(first, dict) and isinstance(first.get("order_id"), str):
+            return str(first["order_id"])
+    return None
 
 
 def _headers(message: Message) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import base64
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.messaging.consumer import message_key
+from app.messaging.consumer import DEATH_HEADERS, broker_death, message_key, raw_message, task_order_id
 from app.messaging.publisher import publish_raw
 from app.messaging.tasks import FIRST_FAILURE
 from app.persistence.deadletters import DEAD, PURGED, REDRIVEN, DeadLetter
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from app.operations.system import System
 
 RESOLVED = "RESOLVED"
+
+#: Messages of one ``<queue>.dlq`` looked at per intake (each sweep round): the intake's
+#: work stays the same however many letters wait there.
+INTAKE_BATCH = 100
 
 #: The cancellation reason of an order an operator compensated from the dead letters.
 OPERATOR_REASON = "operator_compensated"
@@ -105,6 +109,33 @@ class DeadLetterOps:
                     queue(conn.default_channel).purge()
         return len(letters)
 
+    def take_in(self, limit: int = INTAKE_BATCH) -> int:
+        """RabbitMQ: keep in the store each message the broker dead-lettered on its own — a
+        quorum queue's delivery limit, after the message's worker died on every delivery —
+        which no process of ours saw die, so no dead letter was recorded. The message stays
+        in ``<queue>.dlq`` as every dead letter's broker copy does; a message already kept
+        is left alone. Looks at the first ``limit`` messages of each queue; returns how many
+        letters it added."""
+        if self.rt.settings.broker_kind != "amqp":
+            return 0
+        added = 0
+        with self.rt.celery.connection_for_write() as conn:
+            for queue in self._dead_letter_queues():
+                service = queue.name.removesuffix(".dlq")
+                if service not in self.store.databases:
+                    continue
+                known = self.store.keys(service)
+                bound = queue(conn.default_channel)
+                held: list[Any] = []
+                try:
+                    while len(held) < limit and (msg := bound.get(no_ack=False)) is not None:
+                        held.append(msg)
+                        added += self._take_in_one(service, msg, known)
+                finally:
+                    for msg in held:
+                        msg.requeue()
+        return added
+
     def broker_depths(self) -> dict[str, int]:
         """RabbitMQ: messages waiting in each ``<queue>.dlq`` (empty on other brokers)."""
         if self.rt.settings.broker_kind != "amqp":
@@ -121,6 +152,37 @@ class DeadLetterOps:
     def _dead_letter_queues(self) -> list[Any]:
         """RabbitMQ's ``<queue>.dlq`` of every queue of the system (extensions' too)."""
         return dead_letter_queues(self.rt.settings.rabbitmq_queue_type, self.rt.settings.queues)
+
+    def _take_in_one(self, service: str, msg: Any, known: set[str]) -> int:
+        death = broker_death(msg)
+        key = message_key(msg)
+        # rejected: one of our processes dead-lettered it, and kept it then
+        if death is None or death.reason == "rejected" or key in known:
+            return 0
+        message = raw_message(msg)
+        message["headers"] = {k: v for k, v in message["headers"].items() if k not in DEATH_HEADERS}
+        message["routing_key"] = death.routing_key
+        task = message["headers"].get("task")
+        reason = (
+            f"delivery limit: handed out {self.rt.settings.rabbitmq_delivery_limit + 1} times and never "
+            "acknowledged (its worker process died on it each time)"
+            if death.reason == "delivery_limit"
+            else f"dead-lettered by the broker: {death.reason}"
+        )
+        self.store.record(
+            service,
+            message_key=key,
+            queue=death.queue or service,
+            task=task if isinstance(task, str) else None,
+            order_id=task_order_id(msg),
+            reason=reason,
+            error=f"RabbitMQ dead-lettered the message from queue {death.queue!r}: {death.reason}",
+            traceback="",
+            attempts=death.count,
+            message=message,
+        )
+        known.add(key)
+        return 1
 
     def _send(self, letter: DeadLetter) -> None:
         message = letter.message

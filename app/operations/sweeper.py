@@ -87,6 +87,7 @@ class SweepReport:
     queued: list[str] = field(default_factory=list)  # stalled, but may be waiting in a queue: left alone
     deferred: int = 0  # lost, but over this round's budget: next round
     resent: int = 0  # deliveries sent again
+    letters_taken_in: int = 0  # messages the broker dead-lettered on its own, now in the store
 
     def __str__(self) -> str:
         return (
@@ -94,7 +95,7 @@ class SweepReport:
             f"{len(self.republished)} finished order(s) with events sent again; "
             f"{self.resent} delivery(ies) sent again; {len(self.queued)} stalled saga(s) left alone "
             f"(possibly queued), {self.deferred} left for the next round"
-        )
+        ) + (f"; {self.letters_taken_in} broker dead letter(s) taken in" if self.letters_taken_in else "")
 
 
 @dataclass(frozen=True)

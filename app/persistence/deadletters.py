@@ -161,6 +161,13 @@ class DeadLetterStore:
             found.extend(_row(service, r) for r in rows)
         return sorted(found, key=lambda d: (d.first_failed_at, d.id))
 
+    def keys(self, service: str, *, status: str = DEAD) -> set[str]:
+        """The message keys of one service's dead letters in ``status`` (no message is loaded)."""
+        db = self.databases[service]
+        table = db.tables.dead_letters
+        query = select(table.c.message_key).where(table.c.status == status)
+        return set(db.query(lambda c: c.execute(query).scalars().all()))
+
     def counts(self) -> dict[tuple[str, str], int]:
         """(service, status) -> how many dead letters (for metrics; no message is loaded)."""
         found: dict[tuple[str, str], int] = {}

@@ -214,6 +214,21 @@ def test_a_message_that_kills_its_worker_on_every_delivery(
         assert headers["id"] == poison and headers["task"] == TASK, headers
         (death,) = headers["x-death"]
         assert (death["reason"], death["queue"]) == ("delivery_limit", "payment"), death
+        # No process of ours saw it die, yet it is a dead letter of the application's store
+        # (taken in by the sweeper's next round, or by `dlq list`), kept once.
+        ops = DeadLetterOps(rt)
+        letter = wait_until(
+            lambda: ops.take_in() >= 0 and next((d for d in rt.dead_letters.find() if d.message_key == poison), None),
+            timeout=TIMEOUT,
+            what="the delivery-limit dead letter in the store",
+            diagnostics=workers.tails,
+        )
+        assert (letter.service, letter.queue, letter.task, letter.order_id) == ("payment", "payment", TASK, "poison")
+        assert letter.reason.startswith("delivery limit: handed out 4 times"), letter.reason
+        assert "x-death" not in letter.message["headers"], letter.message["headers"]
+        assert ops.take_in() == 0, "the same broker dead letter was taken in twice"
+        assert [d.id for d in rt.dead_letters.find()] == [letter.id]
+        assert ops.broker_depths()[dead_letter_queue_name("payment")] == 1  # the broker's copy stays
     else:
         # A classic queue has no delivery limit: the message goes round and round.
         wait_until(
@@ -229,10 +244,13 @@ def test_a_message_that_kills_its_worker_on_every_delivery(
     wait_all_terminal(system, [p.order_id for p in placed], workers, TIMEOUT)
     assert_outcomes(system, placed, workers)
     report = assert_audit_clean(system, placed, workers)
-    assert report.dead_letters == 0, report.summary()
+    assert report.dead_letters == (1 if quorum else 0), report.summary()
     assert workers.exited() == {}, f"worker(s) exited: {workers.exited()}\n{workers.tails()}"
     if quorum:
         assert len(crash_runs(crash_log)) == DELIVERY_LIMIT + 1, "the dead-lettered message ran again"
+        # purging the letter takes the broker's copy out too
+        assert DeadLetterOps(rt).purge(letter.id) == 1
+        assert DeadLetterOps(rt).broker_depths()[dead_letter_queue_name("payment")] == 0
 
 
 # --- publisher confirms ---------------------------------------------------------------
