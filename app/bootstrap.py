@@ -28,7 +28,7 @@ from app.domain.saga import CHECKOUT
 from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
 from app.extensions import Extension, load, load_all, with_extensions
 from app.messaging import signing, telemetry
-from app.messaging.canvas import CanvasDispatcher, check_canvas_settings
+from app.messaging.canvas import CanvasDispatcher, check_canvas_settings, unlock_retries
 from app.messaging.consumer import ConsumerContext, bind_consumer
 from app.messaging.publisher import CeleryPublisher
 from app.messaging.tasks import Collaborators, register_tasks
@@ -128,7 +128,8 @@ class Runtime:
 
     def coordinator_for(self, app: Celery) -> Coordinator:
         """The order's orchestrator, sending its canvases through ``app``."""
-        return Coordinator(self.order, CanvasDispatcher(app, self.saga))
+        retries = unlock_retries(self.settings.saga_give_up_seconds, app.conf.result_chord_retry_interval)
+        return Coordinator(self.order, CanvasDispatcher(app, self.saga, retries))
 
     def collaborators(self, app: Celery) -> Collaborators:
         """What the tasks of ``app`` call: this system's services, stores and relay."""

@@ -19,6 +19,7 @@ The compensations then run as a chain, newest first, ending in ``order.cancel``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,15 +55,28 @@ def _sig(app: Celery, task: str, body: dict[str, Any], **options: Any) -> Signat
     return app.signature(task, args=(body,), immutable=True, **options)
 
 
+def unlock_retries(give_up_seconds: float, retry_interval: float) -> int:
+    """Polls of a chord's ``celery.chord_unlock`` before it gives up (database result
+    backend): each waits at least ``retry_interval``, so it polls for at least twice the
+    time after which the sweeper gives up on a lost saga. Without a bound, a chord whose
+    header message was lost polls for ever once the sweeper has compensated the saga.
+    Giving up fails the chord's body, whose error callback reports the join step failed:
+    a no-op on an order that is over, and on a live one (no step failed) only a report
+    kept until a failure confirms it (:meth:`SagaMemory.review_failure`)."""
+    return math.ceil(2 * give_up_seconds / retry_interval)
+
+
 def build_saga(
     app: Celery,
     saga: Saga,
     order_id: str,
     commands: Mapping[str, dict[str, Any]],
     done: frozenset[str] = frozenset(),
+    chord_retries: int | None = None,
 ) -> Signature:
     """The forward path of one saga, with its error callbacks — from the first phase with a
-    step not ``done`` (a re-driven saga resumes there; done steps would be no-ops anyway)."""
+    step not ``done`` (a re-driven saga resumes there; done steps would be no-ops anyway).
+    ``chord_retries`` bounds each chord's unlock polls (:func:`unlock_retries`)."""
 
     def step_sig(step: Step) -> Signature:
         return _sig(app, step.task, commands[step.name], task_id=f"{order_id}.{step.name}")
@@ -87,7 +101,8 @@ def build_saga(
             index += 1
             continue
         join = phases[index + 1][0]
-        parts.append(chord(group([step_sig(step) for step in phase], app=app), guarded(join), app=app))
+        joined = chord(group([step_sig(step) for step in phase], app=app), guarded(join), app=app)
+        parts.append(joined if chord_retries is None else joined.set(max_retries=chord_retries))
         index += 2
     return parts[0] if len(parts) == 1 else chain(*parts, app=app)
 
@@ -106,14 +121,15 @@ class CanvasDispatcher:
     """The saga's dispatcher over Celery (:class:`app.domain.ports.SagaDispatcher`): each
     plan of the order's coordinator goes out as the canvas built from the definition."""
 
-    def __init__(self, app: Celery, saga: Saga) -> None:
+    def __init__(self, app: Celery, saga: Saga, chord_retries: int | None = None) -> None:
         self.app = app
         self.saga = saga
+        self.chord_retries = chord_retries
 
     def run_saga(
         self, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = frozenset()
     ) -> None:
-        build_saga(self.app, self.saga, order_id, commands, done).apply_async()
+        build_saga(self.app, self.saga, order_id, commands, done, self.chord_retries).apply_async()
 
     def run_compensation(
         self, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]

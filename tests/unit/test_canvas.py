@@ -7,7 +7,7 @@ from celery import Celery
 from celery.canvas import _chain, _chord
 
 from app.domain.saga import CHECKOUT
-from app.messaging.canvas import build_compensation, build_saga
+from app.messaging.canvas import build_compensation, build_saga, unlock_retries
 from config.celery import celery_config, task_routes
 from config.settings import Settings
 
@@ -103,3 +103,20 @@ def test_a_resumed_saga_starts_at_its_first_unfinished_step(celery_app: Celery) 
     assert [t.task for t in canvas.tasks] == ["shipping.schedule", "payment.capture", "order.complete"]
     partly = build_saga(celery_app, CHECKOUT, ORDER, COMMANDS, frozenset({"reserve_inventory"}))
     assert isinstance(partly.tasks[0], _chord)  # a phase with a step left runs whole again
+
+
+def test_a_chords_unlock_polls_are_bounded_past_the_sweepers_give_up(
+    celery_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the database result backend a chord is joined by ``celery.chord_unlock`` polling;
+    the saga's chord hands it a retry limit, so a chord whose header message was lost (the
+    sweeper compensated the saga instead) stops polling instead of polling for ever."""
+    retries = unlock_retries(give_up_seconds=60, retry_interval=0.2)
+    assert retries == 600  # 0.2 s apart at least: two minutes, twice the give-up time
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(celery_app.backend, "apply_chord", lambda header, body, **kwargs: seen.append(kwargs))
+    build_saga(celery_app, CHECKOUT, ORDER, COMMANDS, chord_retries=retries).apply_async()
+    assert [kwargs["max_retries"] for kwargs in seen] == [retries]
+    seen.clear()
+    build_saga(celery_app, CHECKOUT, ORDER, COMMANDS).apply_async()
+    assert [kwargs["max_retries"] for kwargs in seen] == [None]  # Celery's default: no limit
