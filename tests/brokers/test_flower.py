@@ -3,7 +3,10 @@ workers on Redis, asked through its HTTP API with basic auth.
 
 It must see every service worker on its own queue with the project's tasks registered,
 and, once checkout traffic has run, every task name of the saga, each on its service's
-worker. Without credentials its API and its ``/metrics`` answer 401; only
+worker, and a task's stored result. The same holds with message signing on (workers
+that accept only signed messages, signed results): Flower's control messages (it turns
+the workers' task events on) are signed with the system's key, and it reads the signed
+results. Without credentials its API and its ``/metrics`` answer 401; only
 ``/healthcheck`` is open; and it listens on 127.0.0.1 only.
 """
 
@@ -25,8 +28,10 @@ import pytest
 
 from app.api import System, validate_order
 from config.settings import SERVICES
+from app.messaging.consumer import FORGED
 from tests.conftest import wait_until
 from tests.support.cluster import Workers, background_process, free_port
+from tests.support.signing import cert_store, make_signer, signing_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,6 +88,15 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+@pytest.fixture(params=["plain", "signed"])
+def settings_overrides(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Every process plain, or every one signing its messages with one key (in the environment)."""
+    if request.param == "plain":
+        return {}
+    signer = make_signer(tmp_path / "keys", "system")
+    return signing_overrides(signer, cert_store(tmp_path / "trusted", signer)) | {"signing_key": signer.key_pem()}
+
+
 def flower(env: dict[str, str], log_path: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """``python -m app.operations.flower`` (what ``make flower`` runs) in its own process group;
     always stopped on exit: SIGTERM, then SIGKILL."""
@@ -95,6 +109,8 @@ def flower(env: dict[str, str], log_path: Path) -> AbstractContextManager[subpro
 def test_flower_shows_the_service_workers_and_the_task_names_behind_basic_auth(
     system: System, workers: Workers, process_env: dict[str, str], tmp_path: Path
 ) -> None:
+    signed = process_env.get("CHECKOUT_SIGNING") == "on"
+    assert system.runtime.celery.conf.accept_content == (["auth"] if signed else ["json"])
     user, password = "ops", secrets.token_urlsafe(16) + ",:x"  # a comma and a colon must not break it
     auth = (user, password)
     port = free_port()
@@ -190,6 +206,8 @@ def test_flower_shows_the_service_workers_and_the_task_names_behind_basic_auth(
         status, body = http_get(f"{base}/api/task/result/{reserved[0]}", auth)
         assert status == 200, body
         assert json.loads(body)["state"] == "SUCCESS", body
+        # nothing Flower sent (its control messages) was refused as forged or unsigned
+        assert not [d for d in system.runtime.dead_letters.find() if d.reason.startswith(FORGED)]
 
         # With the credentials, /metrics is Flower's Prometheus page for these workers
         # (a worker counts as online from its next heartbeat event).
