@@ -24,7 +24,7 @@ test: $(STAMP)  ## the whole suite (needs PostgreSQL, Redis and RabbitMQ on 127.
 	$(BIN)/python -m pytest
 
 soak: $(STAMP)  ## the fault and overload runs for SOAK_SECONDS each (default 600) instead of a few seconds
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest tests/brokers/test_faults.py tests/brokers/test_overload.py
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest tests/brokers/test_faults.py tests/brokers/test_overload.py tests/brokers/test_rabbitmq_cluster.py
 
 test-fast: $(STAMP)  ## unit and in-process integration tests only (no servers needed)
 	$(BIN)/python -m pytest -m "not brokers"

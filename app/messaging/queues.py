@@ -17,6 +17,15 @@ from config.settings import Settings
 log = logging.getLogger("checkout.metrics")
 
 
+def connect(conn: Any, timeout: float) -> None:
+    """Connect ``conn`` (a kombu connection), trying each broker of a failover list once
+    (``amqp://a;amqp://b;amqp://c``: a cluster's nodes) within ``timeout`` seconds in all.
+
+    kombu moves to the next URL after each failed attempt; one retry, as for a single URL,
+    would give up on a cluster whose first two nodes are down while the third answers."""
+    conn.ensure_connection(max_retries=max(1, len(conn.alt) - 1), timeout=timeout)
+
+
 def queue_depths(app: Celery, settings: Settings, timeout: float = 2.0) -> dict[str, tuple[int, int]]:
     """Queue name -> (messages waiting, consumers) for every service queue, and on RabbitMQ
     every ``<queue>.dlq``. Redis: the queue's list length (over its priority lists);
@@ -26,7 +35,7 @@ def queue_depths(app: Celery, settings: Settings, timeout: float = 2.0) -> dict[
     names = list(queues) + ([dead_letter_queue_name(s) for s in queues] if amqp else [])
     depths: dict[str, tuple[int, int]] = {}
     with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
+        connect(conn, timeout)
         for name in names:
             if amqp:
                 # a passive declare of a missing queue closes its channel: one channel each

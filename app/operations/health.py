@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
+from app.messaging.queues import connect
 from config.settings import redact_url
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def _broker(rt: System, timeout: float) -> Check:
     url = redact_url(rt.settings.broker_url)  # as configured: kombu's own form shows ":**@" for no password
     try:
         with rt.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            connect(conn, timeout)
     except Exception as exc:  # any failure to connect is the answer
         return Check("broker", False, f"{url}: {exc}")
     return Check("broker", True, url)

@@ -165,3 +165,7 @@ def beat(workers: Workers, process_env: dict[str, str], tmp_path: Path) -> Worke
         diagnostics=workers.tails,
     )
     return workers
+
+
+# The three-node RabbitMQ cluster of tests/brokers/test_rabbitmq_cluster.py.
+from tests.support.rabbit_cluster import rabbit_cluster as rabbit_cluster  # noqa: E402

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from app.api import System
+from app.bootstrap import Runtime
+from app.messaging.queues import queue_depths
 from app.operations.health import check
-from config.settings import SERVICES
-from tests.support.cluster import Workers
+from config.settings import SERVICES, Settings
+from tests.support.cluster import BrokerNamespace, Workers, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +72,23 @@ def test_this_host_counts_only_the_worker_named_after_this_host(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"order@{socket.gethostname()}" in done.stdout
+
+
+@pytest.mark.brokers
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
+def test_a_failover_list_is_tried_to_its_last_broker(broker: BrokerNamespace, tmp_path: Path) -> None:
+    """A cluster's URL list whose first two nodes are down (nobody listens on their ports)
+    still reaches the third: the health check and the queue depths the sweeper and the
+    metrics read try every broker of the list once, not just the first two."""
+    down = [f"amqp://guest:guest@127.0.0.1:{free_port()}/{broker.vhost}" for _ in range(2)]
+    settings = Settings(broker_url=";".join([*down, broker.url]), database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    rt = Runtime(settings)
+    try:
+        rt.declare_queues()
+        (broker_check,) = [r for r in check(rt, (), timeout=3) if r.name == "broker"]
+        assert broker_check.ok, broker_check.detail
+        depths = queue_depths(rt.celery, settings, timeout=3)
+        assert {name: depth for name, depth in depths.items() if name in SERVICES} == {s: (0, 0) for s in SERVICES}
+    finally:
+        rt.close()

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -43,6 +44,10 @@ from config.settings import SERVICES, Settings, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+#: The same system on a three-node RabbitMQ cluster (docs/deployment.md, A RabbitMQ cluster).
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+#: Every check of a compose file runs on both.
+FILES = pytest.mark.parametrize("path", [COMPOSE_FILE, CLUSTER_FILE], ids=["compose", "cluster"])
 ENV_EXAMPLE = ROOT / ".env.example"
 PROCFILE = ROOT / "Procfile"
 
@@ -54,7 +59,7 @@ SERVICE_KEYS = {
     "stop_signal", "stop_grace_period", "profiles", "logging", "ulimits", "extra_hosts", "pull_policy", "secrets",
 }  # fmt: skip
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
-SECRET_NAME = re.compile(r"PASS|SECRET|AUTH|TOKEN", re.IGNORECASE)
+SECRET_NAME = re.compile(r"PASS|SECRET|AUTH|TOKEN|COOKIE", re.IGNORECASE)
 
 #: ``$$``, ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``, ``${NAME?error}``, ``$NAME``
 REFERENCE = re.compile(
@@ -100,9 +105,9 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def compose() -> dict[str, Any]:
-    data = yaml.load(COMPOSE_FILE.read_text(), Loader=StrictLoader)
-    assert isinstance(data, dict) and isinstance(data.get("services"), dict), "docker-compose.yml has no services"
+def compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    data = yaml.load(path.read_text(), Loader=StrictLoader)
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict), f"{path.name} has no services"
     return data
 
 
@@ -185,6 +190,11 @@ def filled_env() -> dict[str, str]:
 def passwords_only() -> dict[str, str]:
     """Only what must be set (the passwords): every other variable takes the file's default."""
     return {key: secrets.token_hex(16) for key, value in env_example().items() if not value}
+
+
+def rabbitmq_nodes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run a RabbitMQ node."""
+    return {name: svc for name, svc in data["services"].items() if str(svc.get("image", "")).startswith("rabbitmq:")}
 
 
 def project_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -367,18 +377,22 @@ def commands(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def test_the_compose_file_parses_with_the_services_of_the_design() -> None:
-    data = compose()
+@FILES
+def test_the_compose_file_parses_with_the_services_of_the_design(path: Path) -> None:
+    data = compose(path)
     services = data["services"]
     unknown = [key for key in data if key not in {"name", "services", "volumes", "networks"} and key[:2] != "x-"]
-    assert not unknown, f"docker-compose.yml: unknown top-level keys {unknown}"
+    assert not unknown, f"{path.name}: unknown top-level keys {unknown}"
     for name, svc in services.items():
         assert not set(svc) - SERVICE_KEYS, f"service {name}: unknown keys {sorted(set(svc) - SERVICE_KEYS)}"
         extra = set(svc.get("healthcheck") or {}) - HEALTHCHECK_KEYS
         assert not extra, f"service {name}: unknown healthcheck keys {sorted(extra)}"
-    assert {"rabbitmq", "redis", "postgres"} <= set(services), sorted(services)
-    assert "15672:15672" in " ".join(services["rabbitmq"].get("ports", [])), "RabbitMQ's management UI is not published"
-    assert services["rabbitmq"]["image"].endswith("-management"), "RabbitMQ without its management UI"
+    assert {"redis", "postgres"} <= set(services), sorted(services)
+    rabbits = rabbitmq_nodes(data)
+    assert len(rabbits) == (3 if path == CLUSTER_FILE else 1), sorted(rabbits)
+    assert all(svc["image"].endswith("-management") for svc in rabbits.values()), "RabbitMQ without its management UI"
+    published = [name for name, svc in rabbits.items() if "15672:15672" in " ".join(svc.get("ports", []))]
+    assert len(published) == 1, f"RabbitMQ's management UI published by {published} (want one node)"
     for name, svc in project_services(data).items():
         assert svc.get("restart") == "unless-stopped", f"service {name}: restart is {svc.get('restart')!r}"
 
@@ -431,13 +445,15 @@ def worker_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def test_every_command_names_a_real_module_queue_and_subcommand() -> None:
-    problems = command_problems(compose())
+@FILES
+def test_every_command_names_a_real_module_queue_and_subcommand(path: Path) -> None:
+    problems = command_problems(compose(path))
     assert not problems, "\n".join(problems)
 
 
-def test_every_service_queue_has_exactly_one_worker_service() -> None:
-    problems = worker_problems(compose())
+@FILES
+def test_every_service_queue_has_exactly_one_worker_service(path: Path) -> None:
+    problems = worker_problems(compose(path))
     assert not problems, "\n".join(problems)
 
 
@@ -446,10 +462,11 @@ def mismatched_extensions(data: dict[str, Any], given: Mapping[str, str] | None 
 
 
 @pytest.mark.parametrize("given", ["the .env.example values", "passwords only"])
-def test_every_service_names_the_same_extensions_sales_analytics_among_them(given: str) -> None:
+@FILES
+def test_every_service_names_the_same_extensions_sales_analytics_among_them(path: Path, given: str) -> None:
     env = filled_env() if given == "the .env.example values" else passwords_only()
-    problems = mismatched_extensions(compose(), env)
-    for name, s in service_settings(compose(), env).items():
+    problems = mismatched_extensions(compose(path), env)
+    for name, s in service_settings(compose(path), env).items():
         if "analytics" not in s.extension_targets:
             problems.append(f"service {name}: CHECKOUT_EXTENSIONS={s.extensions!r} does not name analytics")
     assert not problems, "\n".join(problems)
@@ -494,14 +511,16 @@ def test_the_queue_checks_follow_the_extensions_the_environment_names(
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_beat_the_relay_flower_and_the_metrics_exporter_run_once_each() -> None:
-    roles = Counter(role(f) for f in commands(compose()).values())
+@FILES
+def test_beat_the_relay_flower_and_the_metrics_exporter_run_once_each(path: Path) -> None:
+    roles = Counter(role(f) for f in commands(compose(path)).values())
     for wanted in ("beat", "relay", "app.operations.flower", "metrics"):
         assert roles[wanted] == 1, f"{roles[wanted]} services run {wanted} (want 1); roles: {dict(roles)}"
 
 
-def test_every_service_has_a_healthcheck_that_checks_that_service() -> None:
-    data = compose()
+@FILES
+def test_every_service_has_a_healthcheck_that_checks_that_service(path: Path) -> None:
+    data = compose(path)
     found = commands(data)
     problems = []
     for name, svc in data["services"].items():
@@ -536,8 +555,11 @@ def test_every_service_has_a_healthcheck_that_checks_that_service() -> None:
 
 
 @pytest.mark.parametrize("given", ["the .env.example values", "passwords only"])
-def test_every_checkout_variable_set_is_a_setting_and_valid(given: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = resolve(compose(), filled_env() if given == "the .env.example values" else passwords_only())
+@FILES
+def test_every_checkout_variable_set_is_a_setting_and_valid(
+    path: Path, given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = resolve(compose(path), filled_env() if given == "the .env.example values" else passwords_only())
     for key in [k for k in os.environ if k.startswith("CHECKOUT_")]:
         monkeypatch.delenv(key)
     problems = []
@@ -556,8 +578,9 @@ def test_every_checkout_variable_set_is_a_setting_and_valid(given: str, monkeypa
     assert not problems, "\n".join(problems)
 
 
-def test_the_workers_leave_the_outbox_to_the_relay() -> None:
-    data = resolve(compose(), filled_env())
+@FILES
+def test_the_workers_leave_the_outbox_to_the_relay(path: Path) -> None:
+    data = resolve(compose(path), filled_env())
     problems = []
     for name, what in commands(data).items():
         env = data["services"][name].get("environment") or {}
@@ -568,20 +591,23 @@ def test_the_workers_leave_the_outbox_to_the_relay() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_interpolated_variables_come_from_the_env_example() -> None:
-    data = compose()
+@FILES
+def test_interpolated_variables_come_from_the_env_example(path: Path) -> None:
+    data = compose(path)
     used = references(data)
     example = env_example()
     required = sorted(name for name, ops in used.items() if ops & {"", ":?", "?"})
     missing = [name for name in required if name not in example]
-    assert not missing, f"docker-compose.yml needs {missing}, which .env.example does not list"
-    stale = sorted(set(example) - set(used))
-    assert not stale, f".env.example lists {stale}, which docker-compose.yml does not use"
+    assert not missing, f"{path.name} needs {missing}, which .env.example does not list"
+    every = set().union(*(references(compose(f)) for f in (COMPOSE_FILE, CLUSTER_FILE)))
+    stale = sorted(set(example) - every)
+    assert not stale, f".env.example lists {stale}, which no compose file uses"
     resolve(data, filled_env())  # everything resolves once the passwords are filled in
 
 
-def test_no_password_is_written_in_the_files() -> None:
-    data = compose()
+@FILES
+def test_no_password_is_written_in_the_files(path: Path) -> None:
+    data = compose(path)
     problems = []
     for where, text in strings(data):
         key = where.rsplit(".", 1)[-1]
@@ -603,9 +629,10 @@ def test_no_password_is_written_in_the_files() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_the_env_example_as_it_is_is_refused_until_the_passwords_are_set() -> None:
+@FILES
+def test_the_env_example_as_it_is_is_refused_until_the_passwords_are_set(path: Path) -> None:
     with pytest.raises(Unresolved) as refused:
-        resolve(compose(), env_example())
+        resolve(compose(path), env_example())
     assert SECRET_NAME.search(refused.value.name), refused.value
 
 
@@ -766,3 +793,45 @@ def test_make_up_refuses_without_a_database_url() -> None:
     done = make("up", {"CHECKOUT_BROKER_URL": "redis://127.0.0.1:6379/0"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "make up: set CHECKOUT_DATABASE_URL" in done.stderr, done.stderr
+
+
+# --- docker-compose.cluster.yml -------------------------------------------------------------
+
+
+def test_the_cluster_file_runs_three_rabbitmq_nodes_as_one_cluster_with_quorum_queues() -> None:
+    """Three nodes with their own names and data, one cookie, one peer discovery list naming
+    them all; every process is given all three as its failover list and quorum queues."""
+    data = resolve(compose(CLUSTER_FILE), filled_env())
+    raw = compose(CLUSTER_FILE)
+    nodes = rabbitmq_nodes(data)
+    hostnames = {name: svc.get("hostname") for name, svc in nodes.items()}
+    assert hostnames == {name: name for name in nodes} and len(set(hostnames.values())) == 3, hostnames
+    assert len({svc["image"] for svc in nodes.values()}) == 1, "every node runs the same RabbitMQ"
+    cookies = {str(rabbitmq_nodes(raw)[name]["environment"].get("RABBITMQ_ERLANG_COOKIE")) for name in nodes}
+    assert len(cookies) == 1 and next(iter(cookies)).startswith("${RABBITMQ_ERLANG_COOKIE:?"), cookies
+    peers: set[str] = set()
+    for name, svc in nodes.items():
+        volumes = [str(v) for v in svc.get("volumes", [])]
+        data_volumes = [v.split(":")[0] for v in volumes if v.endswith(":/var/lib/rabbitmq")]
+        assert data_volumes == [f"{name}-data"], f"service {name}: its own data volume, not {volumes}"
+        assert data_volumes[0] in data["volumes"], f"volume {data_volumes[0]} is not declared"
+        (config,) = [v.split(":")[0] for v in volumes if ":/etc/rabbitmq/conf.d/" in v]
+        text = (ROOT / config).read_text()
+        assert "cluster_formation.peer_discovery_backend = classic_config" in text, config
+        peers |= set(re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$", text, re.MULTILINE))
+    assert peers == {f"rabbit@{host}" for host in hostnames.values()}, peers
+
+    problems = []
+    for name, svc in project_services(data).items():
+        env = svc.get("environment") or {}
+        settings = settings_of(env, f"service {name}")
+        urls = settings.broker_url.split(";")
+        hosts = [urlsplit(url).hostname for url in urls]
+        if sorted(hosts) != sorted(hostnames.values()):
+            problems.append(f"service {name}: CHECKOUT_BROKER_URL names {hosts}, not every node")
+        if settings.rabbitmq_queue_type != "quorum":
+            problems.append(f"service {name}: CHECKOUT_RABBITMQ_QUEUE_TYPE is {settings.rabbitmq_queue_type}")
+        waits = set(svc.get("depends_on") or {})
+        if not set(nodes) <= waits and role(meaning(argv(svc["command"]))) != "app.operations.flower":
+            problems.append(f"service {name}: starts before every node is healthy ({sorted(waits)})")
+    assert not problems, "\n".join(problems)
