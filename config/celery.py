@@ -120,6 +120,36 @@ def publish_retry_policy(seconds: float) -> dict[str, Any]:
     }
 
 
+def redis_watch(settings: Settings) -> dict[str, Any]:
+    """kombu's Redis transport, watching its connections: a connection that stays open and
+    carries nothing (a partition) must be noticed, or a worker waits on it forever.
+
+    * ``health_check_interval`` — a PING before a command on a connection idle that long,
+      and kombu's check of the BRPOP connection: a reply overdue by more than the BRPOP
+      timeout plus this is dropped and the worker reconnects (kombu's default, 25 s, takes
+      ~51 s to notice);
+    * ``socket_timeout`` — a command (a publish, an ack) waiting on a silent connection
+      fails instead of blocking the worker's event loop, where no check can run;
+    * TCP keepalive — the kernel's own probe, for a peer that vanished altogether."""
+    return {
+        "health_check_interval": max(1, round(settings.broker_heartbeat_seconds / 2)),
+        "socket_timeout": settings.broker_socket_timeout_seconds,
+        "socket_connect_timeout": settings.broker_socket_timeout_seconds,
+        "socket_keepalive": True,
+    }
+
+
+def redis_backend_watch(settings: Settings) -> dict[str, Any]:
+    """The same watch on the Redis result backend's connections (Celery's default socket
+    timeout there is 120 s: a chord's count would wait that long on a silent connection)."""
+    return {
+        "redis_socket_timeout": settings.broker_socket_timeout_seconds,
+        "redis_socket_connect_timeout": settings.broker_socket_timeout_seconds,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": max(1, round(settings.broker_heartbeat_seconds / 2)),
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,
@@ -152,6 +182,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": 3600,
         "result_extended": False,
         "broker_connection_retry_on_startup": True,
+        # A connection that stays open and carries nothing is noticed (AMQP; Redis: redis_watch).
+        "broker_heartbeat": settings.broker_heartbeat_seconds,
         # A task's follow-up messages (a chain's next step, an error callback) are published
         # after the task ran: Celery gives up after its retry policy and then reports the step
         # failed. Keep trying long enough to ride out a broker restart.
@@ -182,6 +214,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["polling_interval"] = 0.005
     elif settings.broker_kind == "redis":
         transport["visibility_timeout"] = settings.visibility_timeout_seconds
+        transport |= redis_watch(settings)
         if settings.namespace:
             transport["global_keyprefix"] = f"{settings.namespace}:"
     else:
@@ -190,8 +223,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # With quorum queues Celery itself turns global QoS off (worker_detect_quorum_queues)
         # and sends retry countdowns through RabbitMQ's delayed delivery (see retry_countdown).
         transport["confirm_publish"] = True
+        # Passed to py-amqp's connection: a read or write that blocks this long (a publish
+        # confirm on a silent connection) raises, and kombu publishes again on a new one.
+        transport["read_timeout"] = transport["write_timeout"] = settings.broker_socket_timeout_seconds
     conf["broker_transport_options"] = transport
     backend = settings.effective_result_backend
+    if backend.startswith("redis"):
+        conf |= redis_backend_watch(settings)
     if backend.startswith("redis") and settings.namespace:
         conf["result_backend_transport_options"] = {"global_keyprefix": f"{settings.namespace}:"}
     if backend.startswith("db+"):

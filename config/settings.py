@@ -242,6 +242,22 @@ class Settings(BaseSettings):
         "drives the steps and compensations) or choreography (no canvas: each service reacts to the "
         "others' events and undoes its own work on a failure).",
     )
+    broker_heartbeat_seconds: float = Field(
+        5.0,
+        ge=1,
+        le=600,
+        description="How soon a worker notices a broker connection that stays open but carries nothing (a "
+        "partition, a dead NAT entry): AMQP heartbeats at this interval (two missed: the connection is dropped "
+        "and made again); on Redis, a health check of idle connections at half of it.",
+    )
+    broker_socket_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="The longest a single read or write on a broker (or Redis result backend) connection may "
+        "block: a publish waiting on a silent connection fails after it and is tried again on a new one, "
+        "instead of hanging the process.",
+    )
     publish_retry_seconds: float = Field(
         60.0,
         gt=0,

@@ -9,7 +9,6 @@ step records and its dead letters). :class:`Database` runs work on them in trans
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,22 +29,17 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.domain.events import Envelope, Event
 from app.domain.states import SUCCEEDED, StepOutcome
 from app.persistence import attempts, migrations
+from app.persistence.retry import CONTENTION_ATTEMPTS, is_contention, is_disconnect, pause, why
 from app.persistence.tables import StandardTables
 
-log = logging.getLogger("checkout.db")
+__all__ = ["CONTENTION_ATTEMPTS", "Database", "StepRecord", "UnitOfWork", "is_contention"]
 
-#: How many times a transaction is run when the database gives up on it for contention,
-#: and the random pause before each new run: up to CONTENTION_PAUSE × 2^attempt seconds,
-#: never over CONTENTION_PAUSE_CAP (many writers on one row under ``serializable``
-#: need a few spread-out tries, not four at once).
-CONTENTION_ATTEMPTS = 8
-CONTENTION_PAUSE = 0.005
-CONTENTION_PAUSE_CAP = 0.25
+log = logging.getLogger("checkout.db")
 
 T = TypeVar("T")
 
@@ -120,6 +114,8 @@ class UnitOfWork:
         self.tables = tables
         self.causation_id = causation_id
         self.new_events: list[Envelope] = []
+        #: the work is done and the commit under way (a connection lost now: outcome unknown)
+        self.committing = False
 
     def emit(self, evt: Event, *, correlation_id: str | None = None) -> Envelope:
         """Append an event to the service's log; it is published once the transaction commits.
@@ -241,6 +237,7 @@ class Database:
             with conn.begin():
                 uow = UnitOfWork(conn, self.tables, causation_id)
                 yield uow
+                uow.committing = True
         if uow.new_events:
             for hook in self._after_commit:
                 hook(self.service, uow.new_events)
@@ -251,32 +248,42 @@ class Database:
         """Run ``work`` in one transaction; on a duplicate-key race, run it again.
 
         The second run sees what the winner committed, which is how a step delivered twice
-        at once still takes effect once. A transaction the database gave up on for
-        contention — a PostgreSQL serialization failure or deadlock (under ``repeatable
-        read`` or ``serializable``), SQLite busy — is run again after a short random pause
-        that grows with each attempt; past ``attempts`` the error is raised, and a task
-        retries it with backoff like any transient fault.
+        at once still takes effect once. A transaction that left nothing behind — the
+        database gave up on it for contention (a PostgreSQL serialization failure or
+        deadlock, SQLite busy), or its connection was lost before the commit (see
+        :mod:`app.persistence.retry`) — is run again after a short random pause that grows
+        with each attempt; past ``attempts`` the error is raised, and a task retries it
+        with backoff like any transient fault.
         """
         for attempt in range(1, attempts + 1):
+            uow: UnitOfWork | None = None
             try:
                 with self.unit_of_work(causation_id) as uow:
                     return work(uow)
             except IntegrityError:
                 if attempt == attempts:
                     raise
-            except OperationalError as exc:
-                if attempt == attempts or not _retryable(exc):
+            except DBAPIError as exc:
+                lost = is_disconnect(exc) and uow is not None and not uow.committing
+                if attempt == attempts or not (lost or is_contention(exc)):
                     raise
-                log.info("%s: transaction run again after %s (attempt %d)", self.service, _contention(exc), attempt)
-                time.sleep(random.uniform(0, min(CONTENTION_PAUSE_CAP, CONTENTION_PAUSE * 2**attempt)))
+                log.info("%s: transaction run again after %s (attempt %d)", self.service, why(exc), attempt)
+                time.sleep(pause(attempt))
         raise AssertionError("unreachable")
 
     def query(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in a read-only transaction."""
-        with self.engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})
-            with conn.begin():
-                return work(conn)
+        """Run ``work`` in a read-only transaction; once more on a new connection if the
+        one it had turned out to be lost (a database restarted since it was pooled)."""
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(**{READ_ONLY: True})
+                    with conn.begin():
+                        return work(conn)
+            except DBAPIError as exc:
+                if attempt == 2 or not is_disconnect(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     def create_schema(self) -> None:
         """Make sure this service's tables are there, as the code expects them. Safe from many
@@ -355,32 +362,6 @@ class Database:
         if order_id is not None:
             query = query.where(events.c.key == order_id)
         return [row_to_envelope(r) for r in self.query(lambda c: c.execute(query).all())]
-
-
-#: SQLSTATEs of a transaction PostgreSQL gave up on for contention: run it again.
-RETRYABLE_SQLSTATES = {
-    "40001": "a serialization failure",
-    "40P01": "a deadlock",
-    "55P03": "a lock not available",
-}
-
-
-def _contention(exc: OperationalError) -> str:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return RETRYABLE_SQLSTATES.get(str(sqlstate), "contention") if sqlstate else "contention"
-
-
-def is_contention(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database giving up on a transaction for contention (worth
-    running again later: nothing of it was written)."""
-    return isinstance(exc, OperationalError) and _retryable(exc)
-
-
-def _retryable(exc: OperationalError) -> bool:
-    if str(getattr(exc.orig, "sqlstate", None)) in RETRYABLE_SQLSTATES:
-        return True
-    message = str(exc.orig).lower()
-    return any(word in message for word in ("locked", "busy", "deadlock", "serializ", "could not obtain lock"))
 
 
 def row_to_envelope(row: Any) -> Envelope:

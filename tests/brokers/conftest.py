@@ -127,16 +127,27 @@ def process_env(
 
 
 @pytest.fixture
+def service_env() -> dict[str, dict[str, str]]:
+    """Extra environment of one service's worker, by service (a module overrides this): its
+    broker or database URL pointing at a fault proxy, say."""
+    return {}
+
+
+@pytest.fixture
 def workers(
-    request: pytest.FixtureRequest, process_env: dict[str, str], system: System, tmp_path: Path
+    request: pytest.FixtureRequest,
+    process_env: dict[str, str],
+    service_env: dict[str, dict[str, str]],
+    system: System,
+    tmp_path: Path,
 ) -> Iterator[Workers]:
     """Start order, inventory, payment and shipping as separate ``celery worker`` processes
     and wait until all four answer a ping. Always stopped at teardown (and so is anything
     the test added to the group: a worker started again, ``celery beat``)."""
-    env = process_env
     group = Workers()
     try:
         for service in SERVICES:
+            env = {**process_env, **service_env.get(service, {})}
             group.start(service, env, tmp_path / f"worker-{service}.log")
         try:
             group.wait_ready(system.runtime.celery)

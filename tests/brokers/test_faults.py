@@ -321,9 +321,9 @@ class Findings:
 StartRun = Callable[..., Run]
 
 
-@pytest.fixture
-def start_run(system: System, beat: Workers) -> Iterator[StartRun]:
-    """Start placing a plan's orders in the background; the thread is stopped at teardown."""
+@contextmanager
+def placing_runs(system: System, beat: Workers) -> Iterator[StartRun]:
+    """Start placing a plan's orders in the background; every run's thread is stopped on exit."""
     runs: list[Run] = []
 
     def start(vocabulary: tuple[Row, ...], customer: str, load: float = PLACE_LOAD) -> Run:
@@ -342,10 +342,19 @@ def start_run(system: System, beat: Workers) -> Iterator[StartRun]:
         placer.start()
         return run
 
-    yield start
-    for run in runs:
-        run.placer.halt()
-        run.placer.join(timeout=PLACE_RETRY_TIMEOUT + 10)
+    try:
+        yield start
+    finally:
+        for run in runs:
+            run.placer.halt()
+            run.placer.join(timeout=PLACE_RETRY_TIMEOUT + 10)
+
+
+@pytest.fixture
+def start_run(system: System, beat: Workers) -> Iterator[StartRun]:
+    """Start placing a plan's orders in the background; the thread is stopped at teardown."""
+    with placing_runs(system, beat) as start:
+        yield start
 
 
 # --- what the run left behind -----------------------------------------------------------
