@@ -53,6 +53,21 @@ T = TypeVar("T")
 READ_ONLY = "checkout_read_only"
 
 
+def _no_trace() -> str | None:
+    return None
+
+
+#: The W3C ``traceparent`` of the span the current transaction runs in, or None. Tracing
+#: (app/messaging/tracing.py) installs the real one; off, every event carries none.
+_trace_context: Callable[[], str | None] = _no_trace
+
+
+def set_trace_context(provider: Callable[[], str | None]) -> None:
+    """Where :meth:`UnitOfWork.emit` learns the trace context each event carries."""
+    global _trace_context
+    _trace_context = provider
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -135,6 +150,7 @@ class UnitOfWork:
             occurred_at=now,
             attempts=current.number if current is not None else None,
             duration_ms=current.duration_ms(now) if current is not None else None,
+            traceparent=_trace_context(),
         )
         self.conn.execute(
             insert(self.tables.events).values(
@@ -149,6 +165,7 @@ class UnitOfWork:
                 payload=env.payload,
                 attempts=env.attempts,
                 duration_ms=env.duration_ms,
+                traceparent=env.traceparent,
             )
         )
         self.new_events.append(env)
@@ -396,4 +413,5 @@ def row_to_envelope(row: Any) -> Envelope:
         payload=row.payload,
         attempts=getattr(row, "attempts", None),
         duration_ms=getattr(row, "duration_ms", None),
+        traceparent=getattr(row, "traceparent", None),
     )
