@@ -12,7 +12,7 @@ On top of that:
 * every task span says which service ran it, for which order and which saga step
   (:data:`SERVICE`, :data:`ORDER_ID`, :data:`SAGA_STEP`, :data:`EVENT_TYPE`);
 * every event carries the ``traceparent`` of the transaction that wrote it (set by
-  ``UnitOfWork.emit`` through :func:`app.persistence.db.set_trace_context`), and the
+  ``UnitOfWork.emit`` through :func:`app.persistence.tracecontext.set_trace_context`), and the
   publisher sends it within that context (:func:`continued`): an event published late by
   the outbox sweep or the relay process is still part of its order's trace;
 * a replayed event is sent in a trace of its own, linked to its cause (:func:`replaying`).
@@ -86,7 +86,7 @@ def install(service_name: str, trace_file: Path | None, step_of_task: Mapping[st
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-    from app.persistence.db import set_trace_context
+    from app.persistence.tracecontext import set_trace_context
 
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
@@ -207,7 +207,8 @@ def span(name: str, **attributes: str) -> AbstractContextManager[Any]:
     yields the span (or None), so attributes known only later can be set on it."""
     if not enabled():
         return nullcontext()
-    return _tracer.start_as_current_span(name, attributes=attributes)
+    started: AbstractContextManager[Any] = _tracer.start_as_current_span(name, attributes=attributes)
+    return started
 
 
 def replaying(name: str, traceparent: str | None, **attributes: str) -> AbstractContextManager[Any]:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.domain.events import Envelope, Event
 from app.domain.states import SUCCEEDED, StepOutcome
-from app.persistence import attempts, migrations
+from app.persistence import attempts, migrations, tracecontext
 from app.persistence.tables import StandardTables
 
 log = logging.getLogger("checkout.db")
@@ -51,21 +51,6 @@ T = TypeVar("T")
 
 #: Execution option marking a connection that only reads (SQLite then skips the write lock).
 READ_ONLY = "checkout_read_only"
-
-
-def _no_trace() -> str | None:
-    return None
-
-
-#: The W3C ``traceparent`` of the span the current transaction runs in, or None. Tracing
-#: (app/messaging/tracing.py) installs the real one; off, every event carries none.
-_trace_context: Callable[[], str | None] = _no_trace
-
-
-def set_trace_context(provider: Callable[[], str | None]) -> None:
-    """Where :meth:`UnitOfWork.emit` learns the trace context each event carries."""
-    global _trace_context
-    _trace_context = provider
 
 
 def utcnow() -> datetime:
@@ -137,10 +122,8 @@ class UnitOfWork:
         self.new_events: list[Envelope] = []
 
     def emit(self, evt: Event, *, correlation_id: str | None = None) -> Envelope:
-        """Append an event to the service's log; it is published once the transaction commits.
-
-        Emitted while a saga step or compensation runs (:func:`app.persistence.attempts.attempt`), the
-        event carries how many attempts the step took and how long it has taken so far."""
+        """Append an event to the service's log, published once the transaction commits; with the
+        step's attempts and time so far (:func:`app.persistence.attempts.attempt`) and the trace context."""
         now = utcnow()
         current = attempts.current()
         env = Envelope.wrap(
@@ -150,7 +133,7 @@ class UnitOfWork:
             occurred_at=now,
             attempts=current.number if current is not None else None,
             duration_ms=current.duration_ms(now) if current is not None else None,
-            traceparent=_trace_context(),
+            traceparent=tracecontext.current(),
         )
         self.conn.execute(
             insert(self.tables.events).values(
