@@ -21,6 +21,7 @@ from app.domain.commands import PlaceOrder
 from app.domain.errors import Busy, InvalidOrder
 from app.domain.states import OrderStatus
 from app.domain.values import DEFAULT_ADDRESS
+from app.messaging import tracing
 from app.persistence.db import is_contention
 from app.services.order import OrderView
 from config.settings import Settings
@@ -35,6 +36,7 @@ class System:
 
     def start(self) -> System:
         rt = self.runtime
+        rt.trace("checkout" if rt.settings.embedded else "checkout-api")
         if rt.settings.embedded:
             from app.embedded import EmbeddedWorkers
 
@@ -171,7 +173,11 @@ def admit_and_place(rt: Runtime, request: PlaceOrder) -> str:
                 return existing
         raise
     try:
-        order_id, _created = rt.order.place(request)
+        # the root of the order's trace (tracing on); the event the order writes carries it
+        with tracing.span("place_order", **{tracing.SERVICE: "order"}) as span:
+            order_id, _created = rt.order.place(request)
+            if span is not None:
+                span.set_attribute(tracing.ORDER_ID, order_id)
     except OperationalError as exc:
         if not is_contention(exc):
             raise

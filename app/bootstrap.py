@@ -24,10 +24,10 @@ from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.domain.admission import Admission, Limits
 from app.domain.catalog import CATALOG
-from app.domain.saga import CHECKOUT
+from app.domain.saga import CHECKOUT, Saga
 from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
 from app.extensions import Extension, load, load_all, with_extensions
-from app.messaging import signing, telemetry
+from app.messaging import signing, telemetry, tracing
 from app.messaging.canvas import CanvasDispatcher, check_canvas_settings, unlock_retries
 from app.messaging.consumer import ConsumerContext, bind_consumer
 from app.messaging.publisher import CeleryPublisher
@@ -174,6 +174,11 @@ class Runtime:
         check_canvas_settings(app.conf)
         return app
 
+    def trace(self, service_name: str) -> bool:
+        """Trace this process as ``service_name`` if the OTEL_* variables or
+        CHECKOUT_TRACE_FILE ask for it (app/messaging/tracing.py); whether it does."""
+        return tracing.install(service_name, self.settings.trace_file, step_of_task(self.saga))
+
     def prepare(self, services: tuple[str, ...] | None = None) -> None:
         """Create the services' (and extensions') tables if missing and seed the catalog and
         stock (all of them by default)."""
@@ -218,6 +223,24 @@ class Runtime:
             engine.dispose()
 
 
+def step_of_task(saga: Saga) -> dict[str, str]:
+    """Task name -> the saga step (or compensation) it runs, for the traces' span attributes."""
+    steps: dict[str, str] = {}
+    for step in (*saga.steps, *saga.epilogue):
+        steps[step.task] = step.name
+        if step.reaction is not None:
+            steps[step.reaction] = step.name
+        if step.compensation is not None:
+            steps[step.compensation.task] = step.compensation.name
+    return steps
+
+
+def _prefork(worker: Any) -> bool:
+    pool = getattr(worker, "pool_cls", None)
+    name = pool if isinstance(pool, str) else f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', '')}"
+    return "prefork" in name
+
+
 def worker_app(service: str, settings: Settings | None = None) -> Celery:
     """The Celery app of one service's worker process (``celery -A workers.<service> worker``).
 
@@ -236,7 +259,9 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     sweeper: dict[str, Any] = {}
 
     @signals.worker_init.connect(weak=False)
-    def _prepare(**_: Any) -> None:
+    def _prepare(sender: Any = None, **_: Any) -> None:
+        if not _prefork(sender):  # one process runs the tasks: trace it (prefork: each child)
+            rt.trace(f"checkout-{service}")
         # Messages are acknowledged late, which is only safe with the idempotency store (the
         # service's steps and inbox tables): without it, or without its queues, no start.
         # (Celery logs and ignores an Exception from a signal handler; SystemExit stops it.)
@@ -252,6 +277,11 @@ def worker_app(service: str, settings: Settings | None = None) -> Celery:
     @signals.worker_process_init.connect(weak=False)
     def _child(**_: Any) -> None:
         rt.after_fork()
+        rt.trace(f"checkout-{service}")
+
+    @signals.beat_init.connect(weak=False)
+    def _beat(**_: Any) -> None:
+        rt.trace("checkout-beat")
 
     @signals.worker_ready.connect(weak=False)
     def _start_sweeper(**_: Any) -> None:

@@ -278,6 +278,11 @@ class Settings(BaseSettings):
         "json",
         description="Worker log lines: json (one object a line, with correlation_id and causation_id) or text.",
     )
+    trace_file: Path | None = Field(
+        None,
+        description="Append every finished trace span to this file as a JSON line (many processes may share it); "
+        "python -m app orders show ID --trace reads it. Tracing is on when this or OTEL_TRACES_EXPORTER is set.",
+    )
     flower_user: str | None = Field(
         None,
         description="User name of Flower's HTTP basic auth (`make flower`, which does not start without it "

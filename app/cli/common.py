@@ -28,6 +28,7 @@ def runtime() -> Runtime:
     from app.bootstrap import Runtime
 
     rt = Runtime()
+    rt.trace("checkout-cli")
     rt.prepare()
     return rt
 

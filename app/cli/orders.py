@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -39,6 +40,10 @@ def _status(text: str) -> OrderStatus:
 def show(
     order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="the order's id, as `orders list` shows it")],
     mermaid: Annotated[bool, typer.Option("--mermaid", help="print the story as a Mermaid sequence diagram")] = False,
+    trace: Annotated[
+        bool,
+        typer.Option("--trace", help="then print the order's trace spans as a tree (from CHECKOUT_TRACE_FILE)"),
+    ] = False,
 ) -> int:
     """One order's story, oldest first: each event, from which service, the saga step it
     reports, its outcome, the attempts and time the step took; dead letters where a message
@@ -47,6 +52,7 @@ def show(
     try:
         view = rt.order.view(order_id)
         letters = rt.dead_letters.find(status=None, order_id=order_id)
+        traceparents = [env.traceparent for db in rt.databases.values() for env in db.log(order_id)] if trace else []
     except OrderNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -72,6 +78,32 @@ def show(
             f"dead letter {letter.id[:8]} [{letter.status}] {letter.task}: {letter.reason} "
             f"(attempts {letter.attempts}, first {letter.first_failed_at.isoformat()})"
         )
+    if trace:
+        return print_trace(order_id, rt.settings.trace_file, traceparents)
+    return 0
+
+
+def print_trace(order_id: str, trace_file: Path | None, traceparents: list[str | None]) -> int:
+    """The order's span tree, or why there is none (exit 1)."""
+    from app.operations.traces import order_spans, read_spans, render
+
+    if trace_file is None:
+        print(
+            "no trace: CHECKOUT_TRACE_FILE is not set, so no spans were kept here (with OTEL_TRACES_EXPORTER "
+            "they went to that exporter)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        spans = order_spans(read_spans(trace_file), order_id, traceparents)
+    except OSError as exc:
+        print(f"no trace: cannot read {trace_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if not spans:
+        print(f"no trace: {trace_file} holds no span of order {order_id} (was it traced?)", file=sys.stderr)
+        return 1
+    for line in render(spans):
+        print(line)
     return 0
 
 

@@ -201,6 +201,9 @@ class Envelope(BaseModel):
     # how many attempts the step took, and how long from its first attempt's start to this event.
     attempts: int | None = Field(None, ge=1, le=MAX_INT)
     duration_ms: int | None = Field(None, ge=0, le=MAX_INT)
+    # The W3C trace context of the transaction that wrote the event, when tracing is on: its
+    # delivery, relayed at once or swept late, joins that trace; a replay links to it.
+    traceparent: str | None = Field(None, max_length=128)
 
     @classmethod
     def wrap(
@@ -212,6 +215,7 @@ class Envelope(BaseModel):
         occurred_at: datetime | None = None,
         attempts: int | None = None,
         duration_ms: int | None = None,
+        traceparent: str | None = None,
     ) -> Envelope:
         return cls(
             event_id=str(uuid.uuid4()),
@@ -225,6 +229,7 @@ class Envelope(BaseModel):
             payload=evt.model_dump(mode="json"),
             attempts=attempts,
             duration_ms=duration_ms,
+            traceparent=traceparent,
         )
 
     @property
@@ -257,4 +262,4 @@ class Envelope(BaseModel):
 
 
 #: Envelope fields added after version 1 of the wire format; every one is optional.
-OPTIONAL_METADATA: tuple[str, ...] = ("attempts", "duration_ms")
+OPTIONAL_METADATA: tuple[str, ...] = ("attempts", "duration_ms", "traceparent")

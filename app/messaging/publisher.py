@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu import Producer
 
+from app.messaging import tracing
 from config.celery import EXCHANGE
 
 
@@ -21,7 +22,12 @@ class CeleryPublisher:
     retry_policy: dict[str, Any] = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
     def send(self, task: str, body: dict[str, Any], *, message_id: str, correlation_id: str) -> None:
-        self.app.send_task(task, args=(body,), task_id=message_id, ignore_result=True, retry_policy=self.retry_policy)
+        # sent in the trace of the transaction that wrote the event, however late (tracing on)
+        traceparent = body.get("traceparent")
+        with tracing.continued(traceparent if isinstance(traceparent, str) else None):
+            self.app.send_task(
+                task, args=(body,), task_id=message_id, ignore_result=True, retry_policy=self.retry_policy
+            )
 
 
 def publish_raw(

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from app.messaging import tracing
 from config.settings import SERVICES, Settings
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def main(settings: Settings, make_system: Callable[[Settings], System], once: bo
             "RabbitMQ the workers use"
         )
     rt = make_system(settings)
+    tracing.install("checkout-relay", settings.trace_file)  # what it sends joins each event's trace
     try:
         try:
             rt.prepare()

@@ -33,6 +33,7 @@ from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table,
 from app.domain.events import REGISTRY, Envelope
 from app.domain.states import OrderStatus
 from app.domain.subscriptions import SUBSCRIPTIONS
+from app.messaging import tracing
 from app.persistence.db import Database, UnitOfWork, row_to_envelope, utcnow
 from app.persistence.outbox import Publisher
 from app.services.order import ORDER_SUMMARY, OrderFacts, fold, orders, timeline
@@ -140,12 +141,16 @@ def send(plan: ReplayPlan, publisher: Publisher, *, on_sent: Callable[[Envelope]
     many of each type were sent. The message id says it is a replay (logs, dead letters)."""
     sent: Counter[str] = Counter()
     for env in plan.events:
-        publisher.send(
-            plan.consumer,
-            env.to_wire(),
-            message_id=f"{env.event_id}:{plan.consumer}:replay",
-            correlation_id=env.correlation_id,
-        )
+        # traced: a trace of its own, linked to the transaction that wrote the event
+        with tracing.replaying(
+            f"replay {env.event_type}", env.traceparent, **{tracing.ORDER_ID: env.key, tracing.EVENT_ID: env.event_id}
+        ):
+            publisher.send(
+                plan.consumer,
+                env.to_wire(),
+                message_id=f"{env.event_id}:{plan.consumer}:replay",
+                correlation_id=env.correlation_id,
+            )
         sent[env.event_type] += 1
         if on_sent is not None:
             on_sent(env)

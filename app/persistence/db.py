@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.domain.events import Envelope, Event
 from app.domain.states import SUCCEEDED, StepOutcome
-from app.persistence import attempts, migrations
+from app.persistence import attempts, migrations, tracecontext
 from app.persistence.retry import CONTENTION_ATTEMPTS, is_contention, is_disconnect, pause, why
 from app.persistence.tables import StandardTables
 
@@ -118,10 +118,8 @@ class UnitOfWork:
         self.committing = False
 
     def emit(self, evt: Event, *, correlation_id: str | None = None) -> Envelope:
-        """Append an event to the service's log; it is published once the transaction commits.
-
-        Emitted while a saga step or compensation runs (:func:`app.persistence.attempts.attempt`), the
-        event carries how many attempts the step took and how long it has taken so far."""
+        """Append an event to the service's log, published once the transaction commits; with the
+        step's attempts and time so far (:func:`app.persistence.attempts.attempt`) and the trace context."""
         now = utcnow()
         current = attempts.current()
         env = Envelope.wrap(
@@ -131,6 +129,7 @@ class UnitOfWork:
             occurred_at=now,
             attempts=current.number if current is not None else None,
             duration_ms=current.duration_ms(now) if current is not None else None,
+            traceparent=tracecontext.current(),
         )
         self.conn.execute(
             insert(self.tables.events).values(
@@ -145,6 +144,7 @@ class UnitOfWork:
                 payload=env.payload,
                 attempts=env.attempts,
                 duration_ms=env.duration_ms,
+                traceparent=env.traceparent,
             )
         )
         self.new_events.append(env)
@@ -377,4 +377,5 @@ def row_to_envelope(row: Any) -> Envelope:
         payload=row.payload,
         attempts=getattr(row, "attempts", None),
         duration_ms=getattr(row, "duration_ms", None),
+        traceparent=getattr(row, "traceparent", None),
     )

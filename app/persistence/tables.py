@@ -46,6 +46,9 @@ def standard_tables(service: str, metadata: MetaData) -> StandardTables:
         # set on events a saga step or compensation emitted (app/persistence/attempts.py)
         Column("attempts", Integer),
         Column("duration_ms", Integer),
+        # the W3C traceparent of the transaction that wrote the event (tracing on), so that
+        # its delivery, however late, joins its cause's trace (app/messaging/tracing.py)
+        Column("traceparent", String(128)),
     )
     inbox = Table(
         f"{service}_inbox",

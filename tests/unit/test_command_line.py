@@ -211,6 +211,7 @@ def test_the_demo_does_not_import_the_command_line() -> None:
 #: itself comes with Typer's own parameter adapters, for any subcommand.)
 HEAVY = {
     "celery",
+    "opentelemetry",  # traces: only when OTEL_* or CHECKOUT_TRACE_FILE asks, never for --help
     "kombu",
     "amqp",
     "sqlalchemy",

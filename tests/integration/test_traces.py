@@ -1,0 +1,52 @@
+"""The trace context through the outbox, on a real span file (embedded, in a process of its
+own): an event sent again with no context around it joins its writer's trace; a replayed
+one starts a trace linked to it; `orders show --trace` prints the tree, or says why not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.operations.traces import read_spans
+from tests.support.cluster import REPO_ROOT
+
+
+@pytest.mark.timeout(180)
+def test_relayed_and_replayed_events_link_to_their_cause(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHECKOUT_", "OTEL_"))}
+    env.update(CHECKOUT_DATA_DIR=str(tmp_path), CHECKOUT_TRACE_FILE=str(tmp_path / "spans.jsonl"))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.traced_run"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    order_id = done.stdout.strip().splitlines()[-1]
+    spans = read_spans(tmp_path / "spans.jsonl")
+    (place,) = [s for s in spans if s.name == "place_order"]
+    starts = [s for s in spans if s.name == "run/order.start"]
+    assert len(starts) == 3, [(s.trace_id, s.parent_id) for s in starts]  # placed, sent again, replayed
+    in_trace = [s for s in starts if s.trace_id == place.trace_id]
+    assert len(in_trace) == 2, "the event sent with no context around it did not join its writer's trace"
+    (replay,) = [s for s in spans if s.name == "replay OrderPlaced"]
+    assert replay.trace_id != place.trace_id and (place.trace_id, place.span_id) in replay.links
+    (replayed,) = [s for s in starts if s.trace_id == replay.trace_id]
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "app", "orders", "show", order_id, "--trace"], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"trace {place.trace_id}" in shown.stdout and f"trace {replay.trace_id}" in shown.stdout
+    assert f"linked to trace {place.trace_id}" in shown.stdout
+    assert "  place_order  [order]" in shown.stdout and replayed.name in shown.stdout
+
+    env.pop("CHECKOUT_TRACE_FILE")
+    untraced = subprocess.run(
+        [sys.executable, "-m", "app", "orders", "show", order_id, "--trace"], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert untraced.returncode == 1 and "CHECKOUT_TRACE_FILE is not set" in untraced.stderr
