@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from app.api import System, validate_order
-from config.settings import SERVICES
 from app.messaging.consumer import FORGED
+from config.settings import SERVICES
 from tests.conftest import wait_until
 from tests.support.cluster import Workers, background_process, free_port
 from tests.support.signing import cert_store, make_signer, signing_overrides
