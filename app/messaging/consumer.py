@@ -6,9 +6,13 @@ records each such message in the dead-letter store (with why), then rejects it w
 requeueing: RabbitMQ routes it to ``<queue>.dlq``; the worker carries on with the next.
 
 Before Celery reads a message, this consumer also refuses — the same way — one whose body
-is larger than ``CHECKOUT_MAX_MESSAGE_BYTES`` (unread; only its first bytes are kept), and
-one whose task headers or body do not have the shape of a task message of protocol 2
-(Celery would raise on such a message inside its consumer instead of rejecting it). With
+is larger than ``CHECKOUT_MAX_MESSAGE_BYTES`` (unread; only its first bytes are kept), one
+whose kombu/AMQP properties are of the wrong type or declare a body encoding other than
+UTF-8, and one whose task headers or body do not have the shape of a task message of
+protocol 2 (Celery would raise on such a message inside its consumer instead of rejecting
+it, or carry the bad value into the task's retry); the checks are in
+:mod:`app.messaging.checks`. A body kombu cannot decompress is dead-lettered with what its
+``compression`` header named. With
 signing on (``app/messaging/signing.py``) a message that is not signed, or whose signature does not
 verify against the trusted certificates, is dead-lettered as forged or unsigned.
 
@@ -25,7 +29,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar
 
 from celery.exceptions import SecurityError
@@ -34,6 +37,14 @@ from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 from vine import promise
 
+from app.messaging.checks import (
+    MAX_TASK_ID,
+    compression_problem,
+    delivery_of,
+    headers_of,
+    property_problem,
+    shape_problem,
+)
 from app.persistence.deadletters import DeadLetterStore
 from config.settings import SERVICES
 
@@ -46,12 +57,6 @@ OVERSIZE_KEPT_BYTES = 4096
 #: Reason prefix of a message refused by signature checking.
 FORGED = "forged or unsigned message"
 
-#: Longest task id accepted (Celery's are UUIDs; the saga's ``<order id>.<step>``).
-MAX_TASK_ID = 128
-
-#: What protocol 2 embeds in a task message's body besides the arguments.
-EMBED_LISTS = ("callbacks", "errbacks", "chain")
-
 
 def body_bytes(message: Message) -> bytes:
     body = message.body
@@ -62,14 +67,15 @@ def raw_message(message: Message, keep: int | None = None) -> dict[str, Any]:
     """Everything needed to publish the message again, as JSON — or, with ``keep``, only the
     body's first ``keep`` bytes (marked ``truncated``: such a message cannot be sent again)."""
     body = body_bytes(message)
+    properties = message.properties if isinstance(message.properties, dict) else {}
     raw = {
         "kind": "raw",
         "body": base64.b64encode(body if keep is None else body[:keep]).decode(),
-        "content_type": message.content_type,
-        "content_encoding": message.content_encoding,
-        "headers": _jsonable(_headers(message)),
-        "properties": _jsonable({k: v for k, v in (message.properties or {}).items() if k != "delivery_info"}),
-        "routing_key": (message.delivery_info or {}).get("routing_key"),
+        "content_type": _jsonable(message.content_type),
+        "content_encoding": _jsonable(message.content_encoding),
+        "headers": _jsonable(headers_of(message)),
+        "properties": _jsonable({k: v for k, v in properties.items() if k != "delivery_info"}),
+        "routing_key": _jsonable(delivery_of(message).get("routing_key")),
     }
     if keep is not None and len(body) > keep:
         raw |= {"truncated": True, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
@@ -100,7 +106,7 @@ class BrokerDeath:
 
 def broker_death(message: Message) -> BrokerDeath | None:
     """What the broker wrote on a message it dead-lettered; None for one it did not."""
-    deaths = _headers(message).get("x-death")
+    deaths = headers_of(message).get("x-death")
     if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
         return None
     first = deaths[0]
@@ -128,11 +134,6 @@ def task_order_id(message: Message) -> str | None:
     return None
 
 
-def _headers(message: Message) -> dict[str, Any]:
-    headers = message.headers
-    return headers if isinstance(headers, dict) else {}
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -146,7 +147,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def message_key(message: Message) -> str:
-    task_id = _headers(message).get("id")
+    task_id = headers_of(message).get("id")
     if isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_ID:
         return task_id
     return "sha256:" + hashlib.sha256(body_bytes(message)).hexdigest()
@@ -169,78 +170,6 @@ def security_failure(exc: BaseException, signing: bool) -> str | None:
     return None
 
 
-def shape_problem(message: Message, tasks: Any) -> str | None:
-    """What is wrong with a message that names a task (Celery protocol 2), or None.
-
-    Celery unpacks these fields without checking them, inside its consumer: a message
-    that got them wrong would raise there, never be rejected, and come back for ever."""
-    headers = _headers(message)
-    name, task_id = headers.get("task"), headers.get("id")
-    if not isinstance(name, str):
-        return "its task header is not a string"
-    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID:
-        return f"its id header is not a string of 1 to {MAX_TASK_ID} characters"
-    problem = header_problem(headers)
-    if problem is not None:
-        return problem
-    task = tasks.get(name)
-    if task is None:
-        return None  # an unknown task: Celery's own check names it
-    payload = message.payload  # decoded (and its signature checked) once; Celery reuses it
-    if not (isinstance(payload, (list, tuple)) and len(payload) == 3):
-        return "the body is not [args, kwargs, embed]"
-    args, kwargs, embed = payload
-    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        return "the body's args are not a list or its kwargs not an object"
-    if embed is not None:
-        problem = _embed_problem(embed)
-        if problem is not None:
-            return problem
-    check = getattr(task, "__header__", None)
-    if check is not None:
-        try:
-            check(*args, **kwargs)
-        except TypeError as exc:
-            return f"its arguments do not fit {name}: {exc}"
-    return None
-
-
-#: Headers of protocol 2 that are a string when present (None allowed).
-TEXT_HEADERS = ("root_id", "parent_id", "group", "argsrepr", "kwargsrepr", "origin", "lang", "shadow")
-#: Headers that are an ISO 8601 time when present (None allowed).
-TIME_HEADERS = ("eta", "expires")
-
-
-def header_problem(headers: dict[str, Any]) -> str | None:
-    """What is wrong with a task message's headers, or None. Celery reads them as given: a
-    ``timelimit`` of two strings made the pool's own process fail, taking the worker down
-    with the message still unacknowledged, on every redelivery."""
-    for key in TEXT_HEADERS:
-        if headers.get(key) is not None and not isinstance(headers[key], str):
-            return f"its {key} header is not a string"
-    for key in TIME_HEADERS:
-        value = headers.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            return f"its {key} header is not an ISO 8601 time"
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            return f"its {key} header is not an ISO 8601 time"
-    retries = headers.get("retries", 0)
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-        return "its retries header is not a whole number of 0 or more"
-    limits = headers.get("timelimit")
-    if limits is not None:
-        if not (isinstance(limits, (list, tuple)) and len(limits) == 2):
-            return "its timelimit header is not [soft, hard]"
-        for limit in limits:
-            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0):
-                return "its timelimit header holds something other than a number of seconds (or null)"
-    return None
-
-
 @dataclass(frozen=True)
 class ConsumerContext:
     """What the consumer needs besides Celery's own arguments."""
@@ -255,40 +184,16 @@ class ConsumerContext:
 UNBOUND = ConsumerContext(dead_letters=None, services=SERVICES, max_message_bytes=None, signing=False)
 
 
-def _embed_problem(embed: Any) -> str | None:
-    if not isinstance(embed, dict):
-        return "the body's embed is not an object"
-    for key in EMBED_LISTS:
-        value = embed.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
-            return f"the body's {key} is not a list of signatures"
-    if embed.get("chord") is not None and not isinstance(embed["chord"], dict):
-        return "the body's chord is not a signature"
-    return None
-
-
 class CheckoutConsumer(Consumer):  # type: ignore[misc]
     context: ClassVar[ConsumerContext] = UNBOUND
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
-        """Celery's handler of each delivered message, behind the size and shape checks."""
+        """Celery's handler of each delivered message, behind the size, property and shape
+        checks."""
         handle = super().create_task_handler(promise)
-        limit = self.context.max_message_bytes
 
         def on_task_received(message: Message) -> None:
-            if limit is not None and len(body_bytes(message)) > limit:
-                size = len(body_bytes(message))
-                reason = f"message too large: {size} bytes, over CHECKOUT_MAX_MESSAGE_BYTES={limit}"
-                self._dead_letter(message, reason, None, keep=OVERSIZE_KEPT_BYTES)
-                message.reject(requeue=False)
-                return
-            try:
-                problem = shape_problem(message, self.app.tasks) if "task" in _headers(message) else None
-            except Exception:  # undecodable, or refused: Celery's own path dead-letters it below
-                problem = None
-            if problem is not None:
-                self._dead_letter(message, f"invalid task message: {problem}", None)
-                message.reject(requeue=False)
+            if self._refused(message):
                 return
             try:
                 handle(message)
@@ -302,14 +207,39 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
 
         return on_task_received
 
+    def _refused(self, message: Message) -> bool:
+        """Dead-letter and reject the message if it is too large, or its properties or task
+        headers are of the wrong type or shape; True if it was."""
+        limit = self.context.max_message_bytes
+        size = len(body_bytes(message))
+        if limit is not None and size > limit:
+            reason = f"message too large: {size} bytes, over CHECKOUT_MAX_MESSAGE_BYTES={limit}"
+            self._dead_letter(message, reason, None, keep=OVERSIZE_KEPT_BYTES)
+            message.reject(requeue=False)
+            return True
+        problem = property_problem(message)
+        if problem is not None:
+            reason = f"invalid message: {problem}"
+        elif "task" in headers_of(message):
+            try:
+                problem = shape_problem(message, self.app.tasks)
+            except Exception:  # undecodable, or refused: Celery's own path dead-letters it
+                problem = None
+            reason = f"invalid task message: {problem}"
+        if problem is None:
+            return False
+        self._dead_letter(message, reason, None)
+        message.reject(requeue=False)
+        return True
+
     def _dead_letter(self, message: Message, reason: str, error: BaseException | None, keep: int | None = None) -> None:
         dead_letters, known = self.context.dead_letters, self.context.services
-        routing_key = str((message.delivery_info or {}).get("routing_key") or "")
+        routing_key = str(delivery_of(message).get("routing_key") or "")
         service = routing_key.split(".", 1)[0]
         if service not in known:
             consumed = [q.name for q in self.app.amqp.queues.consume_from.values()]
             service = next((q for q in consumed if q in known), "order")
-        headers = _headers(message)
+        headers = headers_of(message)
         task = headers.get("task")
         key = message_key(message)
         if dead_letters is not None:
@@ -332,7 +262,8 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
         log.warning("dead-lettered a malformed message on %s: %s", service, reason)
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        reason = security_failure(exc, self.context.signing) or f"undecodable message: {exc}"
+        problem = compression_problem(message, exc) if message.errors else None
+        reason = security_failure(exc, self.context.signing) or f"undecodable message: {problem or exc}"
         self._dead_letter(message, reason, exc)
         message.reject(requeue=False)
 

@@ -156,14 +156,25 @@ def settings_overrides() -> dict[str, Any]:
 
 class Placer(threading.Thread):
     """Places the plan's orders at ``rate`` per second, each with an idempotency key, so a
-    placement that failed (or seemed to) is simply tried again until it goes through."""
+    placement that failed (or seemed to) is simply tried again until it goes through. With
+    ``stop_at`` (a ``time.monotonic()``), it places nothing more from then on: the rest of
+    the plan, and an order refused as busy and not yet placed again, are left out."""
 
-    def __init__(self, system: System, plan: list[tuple[Row, dict[str, Any]]], customer: str, rate: float) -> None:
+    def __init__(
+        self,
+        system: System,
+        plan: list[tuple[Row, dict[str, Any]]],
+        customer: str,
+        rate: float,
+        stop_at: float | None = None,
+    ) -> None:
         super().__init__(name="placer", daemon=True)
         self.system = system
         self.plan = plan
         self.customer = customer
         self.rate = rate
+        self.stop_at = stop_at
+        self.stopped = False  # stop_at came before the end of the plan
         self.placed: list[Placed] = []
         self.failures: list[str] = []
         self.refused = 0  # placements refused by admission control (placed again after a pause)
@@ -180,11 +191,16 @@ class Placer(threading.Thread):
                     return
                 key = f"{self.customer}-{n}"
                 request = validate_order(key, idempotency_key=key, **args)
-                self.placed.append(Placed(self._place(request), row, args["items"]))
+                order_id = None if self._past_stop() else self._place(request)
+                if order_id is None:
+                    self.stopped = True
+                    return
+                self.placed.append(Placed(order_id, row, args["items"]))
         except BaseException as exc:  # reported by the test
             self.error = exc
 
-    def _place(self, request: Any) -> str:
+    def _place(self, request: Any) -> str | None:
+        """The order's id once placed; None if it was refused as busy until ``stop_at``."""
         deadline = time.monotonic() + PLACE_RETRY_TIMEOUT
         while True:
             began = time.monotonic()
@@ -194,6 +210,8 @@ class Placer(threading.Thread):
                 self.refused += 1
                 if self._halt.wait(min(exc.retry_after, BUSY_PAUSE_CAP)):
                     raise
+                if self._past_stop():
+                    return None
                 continue
             except Exception as exc:
                 self.failures.append(f"{request.idempotency_key}: {exc!r}"[:300])
@@ -202,6 +220,9 @@ class Placer(threading.Thread):
                 continue
             self.slowest = max(self.slowest, time.monotonic() - began)
             return order_id
+
+    def _past_stop(self) -> bool:
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
 
     def halt(self) -> None:
         self._halt.set()
@@ -217,7 +238,7 @@ class Placer(threading.Thread):
         )
         if self.error is not None:
             raise AssertionError(f"placing failed after {len(self.placed)} orders: {self.error!r}") from self.error
-        assert len(self.placed) == len(self.plan), f"placed {len(self.placed)} of {len(self.plan)}"
+        assert self.stopped or len(self.placed) == len(self.plan), f"placed {len(self.placed)} of {len(self.plan)}"
         return self.placed
 
 
@@ -326,17 +347,24 @@ def placing_runs(system: System, beat: Workers) -> Iterator[StartRun]:
     """Start placing a plan's orders in the background; every run's thread is stopped on exit."""
     runs: list[Run] = []
 
-    def start(vocabulary: tuple[Row, ...], customer: str, load: float = PLACE_LOAD) -> Run:
-        """Measure the capacity, then place about PLACE_SECONDS worth of ``vocabulary``'s
-        mix at ``load`` times it."""
+    def start(
+        vocabulary: tuple[Row, ...],
+        customer: str,
+        load: float = PLACE_LOAD,
+        seconds: float = PLACE_SECONDS,
+        stop: bool = False,
+    ) -> Run:
+        """Measure the capacity, then place about ``seconds`` worth of ``vocabulary``'s mix
+        at ``load`` times it; with ``stop``, place nothing after those seconds (the orders
+        admission control held back are left out)."""
         try:
             capacity = measure_capacity(system, f"{customer}-capacity", diagnostics=beat.tails)
         except WaitTimeout as exc:
             pytest.fail(str(exc), pytrace=False)
         rate = load * capacity.sagas_per_second
         most = sum(row.count for row in vocabulary)
-        plan = order_plan(vocabulary, orders=run_orders(rate, PLACE_SECONDS, MIN_ORDERS, most))
-        placer = Placer(system, plan, customer, rate)
+        plan = order_plan(vocabulary, orders=run_orders(rate, seconds, MIN_ORDERS, most))
+        placer = Placer(system, plan, customer, rate, time.monotonic() + seconds if stop else None)
         run = Run(system, beat, placer, capacity)
         runs.append(run)
         placer.start()

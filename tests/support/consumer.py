@@ -92,7 +92,11 @@ class ConsumerProbe:
         headers: Any = None,
         content_type: str | None = "application/json",
         content_encoding: str | None = "utf-8",
+        properties: dict[str, Any] | None = None,
+        delivery_info: Any = None,
     ) -> Outcome:
+        """Deliver one message as kombu's Consumer does: a body it could not decompress goes
+        to the consumer's ``on_decode_error``, anything else to the task handler."""
         channel = FakeChannel()
         tag = str(uuid.uuid4())
         message = Message(
@@ -102,12 +106,16 @@ class ConsumerProbe:
             content_type=content_type,
             content_encoding=content_encoding,
             headers=headers,
-            delivery_info={"routing_key": f"{self.service}.task"},
+            properties=properties,
+            delivery_info={"routing_key": f"{self.service}.task"} if delivery_info is None else delivery_info,
         )
         message.accept = self.accept  # as kombu's Consumer sets it on each delivery
         before, since = len(self.requests), utcnow()
         try:
-            self.handle(message)
+            if message.errors:
+                message._reraise_error(self.consumer.on_decode_error)
+            else:
+                self.handle(message)
         finally:
             # what was handed on is done with: Celery's worker state is process-wide, and an
             # embedded system in this process would wait for these requests for ever

@@ -324,6 +324,85 @@ def test_a_task_message_with_a_hostile_header_is_dead_lettered_unrun(
     assert outcome.dead_letter.message_key == headers["id"]
 
 
+#: kombu/AMQP properties of the wrong type or value, as (deliver's keyword arguments, the
+#: reason). RabbitMQ's wire types most of them; on Redis kombu carries them as JSON.
+HOSTILE_PROPERTIES: list[tuple[str, dict[str, Any], str]] = [
+    ("correlation_id=42", {"properties": {"correlation_id": 42}}, "its correlation_id property is not a string"),
+    ("reply_to={}", {"properties": {"reply_to": {"queue": "x"}}}, "its reply_to property is not a string"),
+    ("priority='high'", {"properties": {"priority": "high"}}, "its priority property is not a number from 0 to 255"),
+    ("priority=300", {"properties": {"priority": 300}}, "its priority property is not a number from 0 to 255"),
+    (
+        "delivery_mode=true",
+        {"properties": {"delivery_mode": True}},
+        "its delivery_mode property is not a number from 0 to 255",
+    ),
+    ("delivery_info='x'", {"delivery_info": "payment.task"}, "its delivery_info is not an object"),
+    (
+        "routing_key=[]",
+        {"delivery_info": {"routing_key": ["payment"]}},
+        "its delivery_info routing_key is not a string",
+    ),
+    ("content_type=7", {"content_type": 7}, "its content_type property is not a string"),
+    ("content_encoding=utf-99", {"content_encoding": "utf-99"}, "its content_encoding 'utf-99' is not utf-8"),
+    ("content_encoding=latin-1", {"content_encoding": "latin-1"}, "its content_encoding 'latin-1' is not utf-8"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("label", "fields", "reason"), HOSTILE_PROPERTIES, ids=[c[0] for c in HOSTILE_PROPERTIES])
+def test_a_message_with_hostile_properties_is_dead_lettered_unrun(
+    probe: ConsumerProbe, label: str, fields: dict[str, Any], reason: str
+) -> None:
+    rt = probe.rt
+    headers, payload = celery_message(rt, "payment.capture", {"order_id": "o-1"})
+    genuine = {"correlation_id": headers["id"], "reply_to": str(uuid.uuid4()), "priority": 0, "delivery_mode": 2}
+    assert probe.deliver(json.dumps(payload).encode(), headers, properties=genuine).handed_on == 1
+
+    headers, payload = celery_message(rt, "payment.capture", {"order_id": "o-1"})
+    fields = {**fields, "properties": {**genuine, **fields.get("properties", {})}}
+    outcome = probe.deliver(json.dumps(payload).encode(), headers, **fields)
+    assert outcome.handed_on == 0 and outcome.rejected and not outcome.requeued, outcome
+    assert outcome.dead_letter is not None
+    assert outcome.dead_letter.reason == f"invalid message: {reason}"
+    assert outcome.dead_letter.message_key == headers["id"]
+    if "delivery_info" not in fields:  # else the queue is the one the worker consumes (none here)
+        assert outcome.dead_letter.queue == "payment"
+
+
+#: Bodies that do not match what their properties say, and how their reason begins.
+MISMATCHED_BODIES: list[tuple[str, dict[str, Any], str]] = [
+    ("content_type unknown", {"content_type": "application/x-bogus"}, "invalid task message: Refusing to deserialize"),
+    ("body not JSON", {"body": b"<task>capture</task>"}, "undecodable message: "),
+    (
+        "compression unknown",
+        {"compression": "application/x-bogus"},
+        "undecodable message: its compression header 'application/x-bogus' names no compression kombu knows",
+    ),
+    ("compression not a name", {"compression": ["zlib"]}, "undecodable message: its compression header \"['zlib']\""),
+    (
+        "body not compressed",
+        {"compression": "application/x-gzip"},
+        "undecodable message: its body is not application/x-gzip data",
+    ),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("label", "wrong", "reason"), MISMATCHED_BODIES, ids=[c[0] for c in MISMATCHED_BODIES])
+def test_a_body_that_does_not_match_its_properties_is_dead_lettered_unrun(
+    probe: ConsumerProbe, label: str, wrong: dict[str, Any], reason: str
+) -> None:
+    headers, payload = celery_message(probe.rt, "payment.capture", {"order_id": "o-1"})
+    if "compression" in wrong:
+        headers = {**headers, "compression": wrong["compression"]}
+    body = wrong.get("body", json.dumps(payload).encode())
+    outcome = probe.deliver(body, headers, content_type=wrong.get("content_type", "application/json"))
+    assert outcome.handed_on == 0 and outcome.rejected and not outcome.requeued and not outcome.acked, outcome
+    assert outcome.dead_letter is not None
+    assert outcome.dead_letter.reason.startswith(reason), outcome.dead_letter.reason
+    assert outcome.dead_letter.message_key == headers["id"]
+
+
 @pytest.mark.timeout(30)
 def test_the_message_size_limit_has_a_floor() -> None:
     with pytest.raises(ValidationError, match="max_message_bytes"):
