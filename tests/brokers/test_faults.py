@@ -611,7 +611,12 @@ def test_sigkilled_payment_worker_loses_no_order_and_charges_no_one_twice(
     findings = Findings(f"worker crash: payment SIGKILLed, {broker.kind}+postgresql, {saga_mode}")
 
     run.wait_terminal_at_least(len(run.placer.plan) // 3)
-    # ... and strike while the payment worker holds messages it has not acknowledged
+    # ... and strike while the payment worker holds messages it has not acknowledged. On
+    # RabbitMQ, which pushes messages to a consumer up to its prefetch, the worker is first
+    # stopped (SIGSTOP, a long pause of its host) so that it holds some however fast it
+    # keeps up: a worker keeping its queue empty holds them only between polls of the CLI.
+    if broker.kind == "rabbitmq":
+        os.killpg(workers.procs["payment"].pid, signal.SIGSTOP)
     in_flight = wait_until(lambda: unacked(broker, "payment"), timeout=60, interval=0.05, what="payment work in flight")
     terminal_before = run.terminal()
     killed = run.fault()
