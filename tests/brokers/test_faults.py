@@ -38,8 +38,10 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -227,6 +229,11 @@ class Placer(threading.Thread):
     def halt(self) -> None:
         self._halt.set()
 
+    def stack(self) -> str:
+        """Where the placing thread is now (a placement that hangs shows where)."""
+        frame = sys._current_frames().get(self.ident or -1)
+        return "".join(traceback.format_stack(frame)[-12:]) if frame is not None else "(not running)"
+
     def finish(self, timeout: float) -> list[Placed]:
         """Wait until every order is placed; fail with what went wrong otherwise."""
         wait_until(
@@ -234,7 +241,7 @@ class Placer(threading.Thread):
             timeout=timeout,
             interval=0.1,
             what=f"the placing thread ({len(self.placed)}/{len(self.plan)} placed)",
-            diagnostics=lambda: f"last failures: {self.failures[-5:]}",
+            diagnostics=lambda: f"last failures: {self.failures[-5:]}\nwhere it is:\n{self.stack()}",
         )
         if self.error is not None:
             raise AssertionError(f"placing failed after {len(self.placed)} orders: {self.error!r}") from self.error

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.persistence.migrations.steps import add_column_if_missing
+
 revision: str = "analytics_0002"
 down_revision: str | Sequence[str] | None = "analytics_0001"
 branch_labels: str | Sequence[str] | None = None
@@ -26,9 +28,7 @@ TABLE = "analytics_events"
 
 
 def upgrade() -> None:
-    # a database adopted from before migrations may have had the column added by this version already
-    if "traceparent" not in {c["name"] for c in sa.inspect(op.get_bind()).get_columns(TABLE)}:
-        op.add_column(TABLE, sa.Column("traceparent", sa.String(length=128), nullable=True))
+    add_column_if_missing(TABLE, sa.Column("traceparent", sa.String(length=128), nullable=True))
 
 
 def downgrade() -> None:
