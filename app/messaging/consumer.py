@@ -187,6 +187,15 @@ UNBOUND = ConsumerContext(dead_letters=None, services=SERVICES, max_message_byte
 class CheckoutConsumer(Consumer):  # type: ignore[misc]
     context: ClassVar[ConsumerContext] = UNBOUND
 
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        """Celery's consumer steps, with delayed delivery set up on one node of a cluster
+        (app/messaging/delayed_delivery.py)."""
+
+        default_steps = [
+            "app.messaging.delayed_delivery:DelayedDeliveryOnce" if step.endswith(":DelayedDelivery") else step
+            for step in Consumer.Blueprint.default_steps
+        ]
+
     def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
         """Celery's handler of each delivered message, behind the size, property and shape
         checks."""
