@@ -15,7 +15,9 @@ On top of that:
   ``UnitOfWork.emit`` through :func:`app.persistence.tracecontext.set_trace_context`), and the
   publisher sends it within that context (:func:`continued`): an event published late by
   the outbox sweep or the relay process is still part of its order's trace;
-* a replayed event is sent in a trace of its own, linked to its cause (:func:`replaying`).
+* a replayed event is sent in a trace of its own, linked to its cause (:func:`replaying`);
+* what the saga sweeper sends to re-drive an overdue order joins that order's trace, in a
+  span linked to the sweep run (:func:`redriving`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ SAGA_STEP = "checkout.saga_step"
 EVENT_TYPE = "checkout.event_type"
 #: The event a replay sends again.
 EVENT_ID = "checkout.event_id"
+#: What a link says the linked span is: ``cause`` (a replay's), ``sweep`` (a re-drive's).
+LINK = "checkout.link"
 
 TRACER = "checkout"
 
@@ -227,7 +231,7 @@ def _replay_span(name: str, traceparent: str | None, attributes: dict[str, str])
     if traceparent is not None:
         cause = trace.get_current_span(_context_of(traceparent)).get_span_context()
         if cause.is_valid:
-            links.append(trace.Link(cause, {"checkout.link": "cause"}))
+            links.append(trace.Link(cause, {LINK: "cause"}))
     token = _replaying.set(True)
     try:
         with _tracer.start_as_current_span(
@@ -236,3 +240,26 @@ def _replay_span(name: str, traceparent: str | None, attributes: dict[str, str])
             yield current
     finally:
         _replaying.reset(token)
+
+
+def redriving(name: str, traceparent: str | None, **attributes: str) -> AbstractContextManager[Any]:
+    """A span in the trace ``traceparent`` names (the order's, from its latest event), for
+    what the sweeper sends to re-drive the order, linked to the current span (the sweep
+    run), which it is not a child of. With no (or a malformed) traceparent, a child of the
+    current span. A no-op when tracing is off."""
+    if not enabled():
+        return nullcontext()
+    return _redrive_span(name, traceparent, attributes)
+
+
+@contextmanager
+def _redrive_span(name: str, traceparent: str | None, attributes: dict[str, str]) -> Iterator[Any]:
+    from opentelemetry import trace
+
+    sweep = trace.get_current_span().get_span_context()
+    parent = _context_of(traceparent) if traceparent is not None else None
+    if parent is not None and not trace.get_current_span(parent).get_span_context().is_valid:
+        parent = None
+    links = [trace.Link(sweep, {LINK: "sweep"})] if parent is not None and sweep.is_valid else []
+    with _tracer.start_as_current_span(name, context=parent, links=links, attributes=attributes) as current:
+        yield current

@@ -22,6 +22,9 @@ given up on — and the sweeper looks at it again next round. Re-driving is boun
 (``CHECKOUT_SWEEP_MAX_REDRIVES`` a round) and backs off per saga: its next deadline doubles
 after each re-drive, with jitter, so sagas lost together do not come back together.
 
+What is sent to re-drive an order joins the order's trace (tracing on): a ``redrive`` span
+in the trace of the order's latest event, linked to the sweep run's span.
+
 Finished orders whose story may have a gap (a completed order whose stock was not
 committed by its deadline, each cancelled order once) have their missing deliveries sent
 again too. Every step and consumer is idempotent, so a delivery sent again that was only
@@ -31,17 +34,22 @@ slow is harmless.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.domain.states import Move
-from app.messaging import Celery
+from app.messaging import Celery, tracing
 from app.messaging.queues import queue_depths
 from app.services.order import Coordinator
 from config.settings import SERVICES, Settings
 
 log = logging.getLogger("checkout.sweeper")
+
+#: A re-drive span's attribute: ``resume`` (an overdue saga; compensating is resuming too),
+#: or ``resend`` (a finished order's missing deliveries).
+REDRIVE = "checkout.redrive"
 
 #: Never sent again by the sweeper: it re-dispatches the saga itself.
 NOT_RESENT = frozenset({"order.start"})
@@ -61,6 +69,8 @@ class Redelivery(Protocol):
     """The relay's (:class:`app.persistence.outbox.Relay`): send an order's missing deliveries again."""
 
     def redeliver(self, order_id: str, skip: frozenset[str] = ...) -> int: ...
+
+    def trace_context(self, order_id: str) -> str | None: ...
 
 
 class Swept(Protocol):
@@ -123,6 +133,13 @@ def waiting_messages(app: Celery, settings: Settings) -> int | None:
     return sum(depths[q][0] for q in SERVICES if q in depths)
 
 
+def redrive_span(relay: Redelivery, order_id: str, why: str) -> AbstractContextManager[Any]:
+    """What is sent within joins the order's trace (a no-op when tracing is off)."""
+    if not tracing.enabled():
+        return nullcontext()
+    return tracing.redriving("redrive", relay.trace_context(order_id), **{tracing.ORDER_ID: order_id, REDRIVE: why})
+
+
 def redrive_overdue(system: Swept, app: Celery) -> SweepReport:
     """One round: re-drive the lost sagas (within the round's budget), through ``app``, and
     send again the missing deliveries of the finished orders whose story may have a gap."""
@@ -146,14 +163,17 @@ def redrive_overdue(system: Swept, app: Celery) -> SweepReport:
             if plan is None:
                 continue
             budget -= 1
-            report.resent += relay.redeliver(order_id, NOT_RESENT)
-            if coordinator.redrive(plan) == Move.COMPENSATED:
+            with redrive_span(relay, order_id, "resume"):
+                report.resent += relay.redeliver(order_id, NOT_RESENT)
+                moved = coordinator.redrive(plan)
+            if moved == Move.COMPENSATED:
                 report.compensated.append(order_id)
             else:  # the forward path resumed (choreography: the deliveries sent again move it on)
                 report.resumed.append(order_id)
     if budget > 0:
         for order_id in orders.unsettled(limit=budget):
-            report.resent += relay.redeliver(order_id, NOT_RESENT)
+            with redrive_span(relay, order_id, "resend"):
+                report.resent += relay.redeliver(order_id, NOT_RESENT)
             report.republished.append(order_id)
     if report.resumed or report.compensated or report.resent:
         log.warning("sweeper: %s", report)

@@ -103,6 +103,16 @@ class Relay:
             )
         return len(missing)
 
+    def trace_context(self, order_id: str) -> str | None:
+        """The ``traceparent`` of the order's latest event that carries one (any service's):
+        where what is sent to re-drive the order joins its trace. None when untraced."""
+        latest: Envelope | None = None
+        for db in self.databases.values():
+            for env in db.log(order_id):
+                if env.traceparent is not None and (latest is None or env.occurred_at >= latest.occurred_at):
+                    latest = env
+        return latest.traceparent if latest is not None else None
+
     def sweep(self, service: str, older_than_seconds: float) -> int:
         """Publish the service's committed-but-unpublished events. Returns how many."""
         pending = self.databases[service].unpublished(older_than_seconds)
