@@ -75,6 +75,15 @@ def stop() -> None:
             _system = None
 
 
+# Stopped when the main thread ends, before Python's thread pools stop taking work (their
+# own hook, registered when first imported, runs after this one): a message delivered to
+# the in-process workers meanwhile would otherwise find no thread to run on. ``atexit``
+# still covers an interpreter without that hook.
+_at_thread_exit = getattr(threading, "_register_atexit", None)
+if _at_thread_exit is not None:
+    import concurrent.futures.thread  # noqa: F401  (its exit hook registered first, so run last)
+
+    _at_thread_exit(stop)
 atexit.register(stop)
 
 
