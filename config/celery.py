@@ -7,6 +7,7 @@ function, so every process declares the same queues with the same arguments.
 from __future__ import annotations
 
 import math
+import ssl
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -139,6 +140,28 @@ def redis_watch(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: The Redis transports of every process, for ``redis://`` and ``rediss://`` URLs
+#: (app/messaging/redis_transport.py).
+REDIS_TRANSPORTS = {
+    "redis": "app.messaging.redis_transport:Transport",
+    "rediss": "app.messaging.redis_transport:SecureTransport",
+}
+
+
+def redis_transport(broker_url: str) -> dict[str, Any]:
+    """Celery's keys that name the Redis transport of :data:`REDIS_TRANSPORTS` for ``broker_url``.
+
+    A transport named in ``broker_transport`` takes the place of the one the URL's scheme
+    names, and kombu turns TLS on by itself only for a scheme of ``rediss``: for such a URL
+    without ``ssl_*`` options, TLS is turned on here the way kombu would (certificates not
+    checked; add ``ssl_cert_reqs=required`` and ``ssl_ca_certs`` to the URL to check them)."""
+    scheme, _, rest = broker_url.partition("://")
+    conf: dict[str, Any] = {"broker_transport": REDIS_TRANSPORTS[scheme]}
+    if scheme == "rediss" and "ssl_" not in rest.partition("?")[2]:
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_NONE}
+    return conf
+
+
 def redis_backend_watch(settings: Settings) -> dict[str, Any]:
     """The same watch on the Redis result backend's connections (Celery's default socket
     timeout there is 120 s: a chord's count would wait that long on a silent connection)."""
@@ -213,6 +236,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # kombu's virtual transports poll; the default 1 s would add a second per hop.
         transport["polling_interval"] = 0.005
     elif settings.broker_kind == "redis":
+        # kombu's Redis transport, reading what it takes off a queue's list: a payload that is
+        # not a kombu message envelope becomes a dead letter instead of breaking the consumer
+        conf |= redis_transport(settings.broker_url)
         transport["visibility_timeout"] = settings.visibility_timeout_seconds
         transport |= redis_watch(settings)
         if settings.namespace:

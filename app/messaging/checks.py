@@ -11,6 +11,7 @@ through unchecked and break the message's retry later. Each check here names wha
 from __future__ import annotations
 
 import codecs
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +96,72 @@ def property_problem(message: Message) -> str | None:
     # is refused as such by Celery's own path, which names the content type
     if encoding is not None and message.content_type in TEXT_CONTENT_TYPES and _codec_name(encoding) != BODY_ENCODING:
         return f"its content_encoding {encoding[:64]!r} is not {BODY_ENCODING}"
+    return None
+
+
+#: The property of a payload that was not a kombu message envelope, on the envelope the
+#: Redis transport gives it (:mod:`app.messaging.redis_transport`): what was wrong with it.
+UNREADABLE = "checkout_unreadable_envelope"
+
+
+def unreadable_problem(message: Message) -> str | None:
+    """What was wrong with the payload a message stands for, when it was not a kombu
+    message envelope; None for any other message."""
+    properties = message.properties
+    problem = properties.get(UNREADABLE) if isinstance(properties, dict) else None
+    return problem if isinstance(problem, str) else None
+
+
+#: Fields of a kombu envelope's delivery_info that its Redis transport reads as strings.
+ENVELOPE_DELIVERY_FIELDS = ("exchange", "routing_key")
+
+
+def envelope_problem(payload: Any, codecs: Mapping[str, Any]) -> str | None:
+    """What keeps a payload taken off a Redis list from being a kombu message, or None.
+
+    kombu's Redis transport carries each message as a JSON object — ``body`` (a string, in
+    ``properties.body_encoding``), ``content-type``, ``content-encoding``, ``headers`` and
+    ``properties`` holding ``delivery_tag`` and ``delivery_info`` (``exchange``,
+    ``routing_key``) — and reads those fields as given, before any other check can run: a
+    payload that gets one wrong raises inside the worker's consumer loop, after the message
+    has left its queue, or is lost when it is handed back. ``codecs`` are the body
+    encodings the transport knows (``Channel.codecs``)."""
+    if not isinstance(payload, dict):
+        return "it is not a JSON object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "its properties are missing or not an object"
+    if not isinstance(payload.get("headers", {}), dict):
+        return "its headers are not an object"
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        return "its delivery_tag is missing or not a string"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict):
+        return "its delivery_info is missing or not an object"
+    for key in ENVELOPE_DELIVERY_FIELDS:
+        if not isinstance(info.get(key), str):
+            return f"its delivery_info {key} is missing or not a string"
+    return _body_problem(payload.get("body"), properties.get("body_encoding"), codecs)
+
+
+def _body_problem(body: Any, encoding: Any, codecs: Mapping[str, Any]) -> str | None:
+    """What keeps kombu from decoding an envelope's body, or None."""
+    if not isinstance(body, str):
+        return "its body is missing or not a string"
+    if not encoding:  # kombu decodes no body without one
+        return None
+    if not isinstance(encoding, str):
+        return "its body_encoding is not a string"
+    if encoding.lower() == BODY_ENCODING:
+        return None
+    codec = codecs.get(encoding)
+    if codec is None:
+        return f"its body_encoding {encoding[:64]!r} names no encoding kombu knows"
+    try:
+        codec.decode(body)
+    except Exception:  # binascii.Error, or whatever another codec raises
+        return f"its body is not {encoding[:64]} data"
     return None
 
 

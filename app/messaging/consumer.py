@@ -11,7 +11,9 @@ whose kombu/AMQP properties are of the wrong type or declare a body encoding oth
 UTF-8, and one whose task headers or body do not have the shape of a task message of
 protocol 2 (Celery would raise on such a message inside its consumer instead of rejecting
 it, or carry the bad value into the task's retry); the checks are in
-:mod:`app.messaging.checks`. A body kombu cannot decompress is dead-lettered with what its
+:mod:`app.messaging.checks`. On Redis, a payload on a queue's list that is not a kombu
+message envelope at all reaches it as one that says so (:mod:`app.messaging.redis_transport`)
+and is dead-lettered with its raw bytes. A body kombu cannot decompress is dead-lettered with what its
 ``compression`` header named. With
 signing on (``app/messaging/signing.py``) a message that is not signed, or whose signature does not
 verify against the trusted certificates, is dead-lettered as forged or unsigned.
@@ -44,6 +46,7 @@ from app.messaging.checks import (
     headers_of,
     property_problem,
     shape_problem,
+    unreadable_problem,
 )
 from app.persistence.deadletters import DeadLetterStore
 from config.settings import SERVICES
@@ -68,6 +71,19 @@ def raw_message(message: Message, keep: int | None = None) -> dict[str, Any]:
     body's first ``keep`` bytes (marked ``truncated``: such a message cannot be sent again)."""
     body = body_bytes(message)
     properties = message.properties if isinstance(message.properties, dict) else {}
+    if unreadable_problem(message) is not None:
+        # the payload itself, not the envelope the Redis transport carried it in (sent again,
+        # it goes to the queue's own route)
+        return {
+            "kind": "raw",
+            "body": base64.b64encode(body if keep is None else body[:keep]).decode(),
+            "content_type": None,
+            "content_encoding": None,
+            "headers": {},
+            "properties": {},
+            "routing_key": None,
+            **(_truncated(body) if keep is not None and len(body) > keep else {}),
+        }
     raw = {
         "kind": "raw",
         "body": base64.b64encode(body if keep is None else body[:keep]).decode(),
@@ -78,8 +94,12 @@ def raw_message(message: Message, keep: int | None = None) -> dict[str, Any]:
         "routing_key": _jsonable(delivery_of(message).get("routing_key")),
     }
     if keep is not None and len(body) > keep:
-        raw |= {"truncated": True, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        raw |= _truncated(body)
     return raw
+
+
+def _truncated(body: bytes) -> dict[str, Any]:
+    return {"truncated": True, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
 
 
 #: Headers RabbitMQ adds when it dead-letters a message: not part of the message sent again.
@@ -217,10 +237,17 @@ class CheckoutConsumer(Consumer):  # type: ignore[misc]
         return on_task_received
 
     def _refused(self, message: Message) -> bool:
-        """Dead-letter and reject the message if it is too large, or its properties or task
-        headers are of the wrong type or shape; True if it was."""
+        """Dead-letter and reject the message if it stands for a payload that was not a kombu
+        message (Redis), is too large, or its properties or task headers are of the wrong
+        type or shape; True if it was."""
         limit = self.context.max_message_bytes
         size = len(body_bytes(message))
+        unreadable = unreadable_problem(message)
+        if unreadable is not None:  # not a kombu message at all (Redis): keep its raw bytes
+            keep = OVERSIZE_KEPT_BYTES if limit is not None and size > limit else None
+            self._dead_letter(message, f"invalid message: {unreadable}", None, keep=keep)
+            message.reject(requeue=False)
+            return True
         if limit is not None and size > limit:
             reason = f"message too large: {size} bytes, over CHECKOUT_MAX_MESSAGE_BYTES={limit}"
             self._dead_letter(message, reason, None, keep=OVERSIZE_KEPT_BYTES)
