@@ -204,17 +204,22 @@ class ConsumerContext:
 UNBOUND = ConsumerContext(dead_letters=None, services=SERVICES, max_message_bytes=None, signing=False)
 
 
+#: Celery's consumer steps this consumer runs its own of instead.
+REPLACED_STEPS = {
+    "celery.worker.consumer.delayed_delivery:DelayedDelivery": "app.messaging.delayed_delivery:DelayedDeliveryOnce",
+    "celery.worker.consumer.heart:Heart": "app.messaging.heartbeat:Heart",
+}
+
+
 class CheckoutConsumer(Consumer):  # type: ignore[misc]
     context: ClassVar[ConsumerContext] = UNBOUND
 
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
         """Celery's consumer steps, with delayed delivery set up on one node of a cluster
-        (app/messaging/delayed_delivery.py)."""
+        (app/messaging/delayed_delivery.py) and the heartbeat events sent off the event loop
+        (app/messaging/heartbeat.py)."""
 
-        default_steps = [
-            "app.messaging.delayed_delivery:DelayedDeliveryOnce" if step.endswith(":DelayedDelivery") else step
-            for step in Consumer.Blueprint.default_steps
-        ]
+        default_steps = [REPLACED_STEPS.get(step, step) for step in Consumer.Blueprint.default_steps]
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
         """Celery's handler of each delivered message, behind the size, property and shape

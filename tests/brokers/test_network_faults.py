@@ -165,7 +165,10 @@ def test_blackholed_broker_connection_is_noticed_and_loses_nothing(
     settle_and_check(run, findings, struck, record_property, noticed)
     # The connections it had stay dead after the heal: a worker that never noticed would
     # never have finished its sagas; this says how it noticed.
-    assert first_notice(workers, "payment", struck.wall) is not None, "the payment worker never noticed"
+    # noticed while the connection was still silent: the checks ran, nothing held them up
+    seconds = first_notice(workers, "payment", struck.wall)
+    assert seconds is not None, "the payment worker never noticed"
+    assert seconds < BLACKHOLE_SECONDS, f"noticed only {seconds:.1f}s after the blackhole began, after it ended"
 
 
 @pytest.fixture

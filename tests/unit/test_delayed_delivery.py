@@ -26,3 +26,4 @@ def test_the_workers_consumer_uses_the_step_instead_of_celerys() -> None:
     steps = CheckoutConsumer.Blueprint.default_steps
     assert "app.messaging.delayed_delivery:DelayedDeliveryOnce" in steps
     assert not any(step.endswith(":DelayedDelivery") for step in steps)
+    assert "app.messaging.heartbeat:Heart" in steps and "celery.worker.consumer.heart:Heart" not in steps
