@@ -85,13 +85,15 @@ def _placing(api: FastAPI, rt: Runtime, limit: RateLimit) -> None:
         response: Response,
         idempotency_key: Annotated[
             str | None,
-            Header(description="the same key with the same order answers with the same order, placing nothing"),
+            Header(
+                description="the same key with the same order answers with the same order, placing nothing; "
+                'a structured-field string ("abc") or the bare key'
+            ),
         ] = None,
     ) -> schemas.Order:
         """Place an order and start its saga: ``place_order`` over HTTP."""
-        request = validate_order(
-            body.customer_id, body.items, body.payment_token, body.ship_to, idempotency_key, body.currency
-        )
+        key = structured_string(idempotency_key)
+        request = validate_order(body.customer_id, body.items, body.payment_token, body.ship_to, key, body.currency)
         wait = limit.admit(request.customer_id)
         if wait is not None:
             raise RateLimited(wait)
@@ -210,6 +212,14 @@ def _errors(api: FastAPI) -> None:
     async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
         detail = f"too many orders from this customer; try again in {exc.retry_after}s"
         return JSONResponse({"detail": detail}, 429, headers={"Retry-After": str(exc.retry_after)})
+
+
+def structured_string(value: str | None) -> str | None:
+    """An ``Idempotency-Key`` as the IETF draft writes it, a structured-field string
+    (``"8e03978e"``, RFC 8941: ``\\"`` and ``\\\\`` escaped), or as many clients send it, bare."""
+    if value is None or len(value) < 2 or not (value.startswith('"') and value.endswith('"')):
+        return value
+    return re.sub(r"\\([\\\"])", r"\1", value[1:-1])
 
 
 def location(field: str) -> list[str | int]:

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from app.api import System, admit_and_place, validate_order
 from app.http import create_app
-from app.http.app import location
+from app.http.app import location, structured_string
 from app.http.ratelimit import RateLimit
 from app.persistence.db import utcnow
 from app.services.order import orders
@@ -146,3 +146,10 @@ def test_the_rate_limit_slides_over_a_minute() -> None:
     now[0] += 0.5
     assert limit.admit("a") is None
     assert RateLimit(0).admit("a") is None  # off
+
+
+def test_an_idempotency_key_may_be_a_structured_field_string() -> None:
+    assert structured_string('"8e03978e-40d5"') == "8e03978e-40d5"
+    assert structured_string(r'"a \"quoted\" \\ key"') == 'a "quoted" \\ key'
+    assert structured_string("bare-key") == "bare-key" and structured_string('"') == '"'
+    assert structured_string(None) is None
