@@ -29,7 +29,7 @@ from app.operations.story import sequence_diagram
 from app.services.order import OrderView
 
 #: How often a Server-Sent Events stream looks at its order again, in seconds.
-EVENTS_POLL_SECONDS = 0.1
+EVENTS_POLL_SECONDS = 0.25
 
 #: Most orders one page of ``GET /orders`` lists.
 MAX_PAGE = 500
