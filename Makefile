@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test soak test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
+.PHONY: help install demo api test soak test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -19,6 +19,9 @@ install: $(STAMP)  ## create .venv and install requirements.txt
 
 demo: $(STAMP)  ## run the embedded demo: every test input through the saga, then the auditor
 	$(BIN)/python -m app demo
+
+api: $(STAMP)  ## serve the HTTP API on 127.0.0.1:8000 (embedded unless CHECKOUT_BROKER_URL is set)
+	$(BIN)/python -m app api
 
 test: $(STAMP)  ## the whole suite (needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1)
 	$(BIN)/python -m pytest

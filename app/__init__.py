@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         validate_order,
         wait_for_order,
     )
-    from app.domain.errors import Busy, InvalidOrder, OrderNotFound
+    from app.domain.errors import Busy, IdempotencyKeyReused, InvalidOrder, OrderNotFound
     from app.services.order import OrderView, TimelineEntry
 
 #: Where each public name lives.
@@ -45,13 +45,14 @@ _HOMES = {
         ),
         "app.api",
     ),
-    **dict.fromkeys(("Busy", "InvalidOrder", "OrderNotFound"), "app.domain.errors"),
+    **dict.fromkeys(("Busy", "IdempotencyKeyReused", "InvalidOrder", "OrderNotFound"), "app.domain.errors"),
     **dict.fromkeys(("OrderView", "TimelineEntry"), "app.services.order"),
 }
 
 __all__ = [
     "Busy",
     "CatalogItem",
+    "IdempotencyKeyReused",
     "InvalidOrder",
     "OrderNotFound",
     "OrderView",

@@ -162,7 +162,8 @@ def place_order(
 
     ``items`` is a list of ``{"sku": str, "qty": int}``. Bad input raises
     :class:`app.InvalidOrder` naming the field; nothing is written or enqueued. The same
-    ``idempotency_key`` returns the same order id and places nothing new. Over capacity it
+    ``idempotency_key`` with the same order returns the same order id and places nothing new;
+    with a different order it raises :class:`app.IdempotencyKeyReused` (an InvalidOrder). Over capacity it
     raises :class:`app.Busy` with a ``retry_after`` in seconds; nothing is written.
     """
     request = validate_order(customer_id, items, payment_token, ship_to, idempotency_key, currency)
@@ -177,7 +178,7 @@ def admit_and_place(rt: Runtime, request: PlaceOrder) -> str:
         rt.admission.check()
     except Busy:
         if request.idempotency_key is not None:
-            existing = rt.order.find_by_idempotency_key(request.idempotency_key)
+            existing = rt.order.find_by_idempotency_key(request.idempotency_key, request.fingerprint())
             if existing is not None:
                 return existing
         raise

@@ -297,6 +297,21 @@ class Settings(BaseSettings):
         "front (basic auth over plain HTTP sends the password in clear).",
     )
     flower_port: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="With it set, every HTTP API endpoint but /health requires `Authorization: Bearer <token>` "
+        "(401 without it).",
+    )
+    api_rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Orders one customer may place over the HTTP API per minute, in each API process "
+        "(429 with Retry-After beyond it); 0 turns the limit off.",
+    )
+    api_max_body_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest HTTP API request body, in bytes (413 beyond it)."
+    )
     max_message_bytes: int = Field(
         65536,
         ge=4096,

@@ -13,7 +13,8 @@ import typer
 from app.cli.common import parse_age, runtime
 from app.cli.output import Cell, ago, money, print_table, took
 from app.domain.errors import NotParked, OrderNotFound
-from app.domain.states import TERMINAL, OrderStatus, StepOutcome
+from app.domain.states import OrderStatus, StepOutcome
+from app.operations.story import sequence_diagram
 
 if TYPE_CHECKING:
     from app.persistence.deadletters import DeadLetter
@@ -125,44 +126,6 @@ def _story(view: OrderView, letters: Sequence[DeadLetter], step_of_task: dict[st
         )
     timed.sort(key=lambda item: item[0])  # stable: events keep their recorded order
     return [(f"+{(moment - view.created_at).total_seconds():.3f}s", *cells) for moment, cells in timed]
-
-
-def sequence_diagram(view: OrderView, letters: Sequence[DeadLetter] = ()) -> str:
-    """The order's story as a Mermaid sequence diagram: each event from its service, with
-    the attempts and time its step took where known; compensations and dead letters marked."""
-    lines = ["sequenceDiagram", "    participant order", "    participant inventory", "    participant payment"]
-    lines.append("    participant shipping")
-    timed: list[tuple[datetime, str]] = []
-    for entry in view.events:
-        offset = (entry.time - view.created_at).total_seconds()
-        facts = [f"+{offset:.3f}s"]
-        if entry.attempts is not None:
-            facts.append(f"{entry.attempts} attempt{'s' if entry.attempts != 1 else ''}")
-        if entry.duration_seconds is not None:
-            facts.append(f"took {took(entry.duration_seconds)}")
-        kind = ", compensation" if entry.compensation else ""
-        label = f"{entry.type}{kind} ({', '.join(facts)})"
-        if entry.service == "order":
-            if entry.type in {"OrderCompleted", "OrderCancelled"}:
-                timed.append((entry.time, f"    order->>inventory: {label}"))
-            else:
-                timed.append((entry.time, f"    Note over order: {label}"))
-        else:
-            timed.append((entry.time, f"    {entry.service}-->>order: {label}"))
-    for letter in letters:
-        offset = (letter.last_failed_at - view.created_at).total_seconds()
-        note = (
-            f"    Note over {letter.service}: dead letter {letter.task or letter.queue} "
-            f"({letter.status.lower()}, {letter.attempts} attempts, +{offset:.3f}s)"
-        )
-        timed.append((letter.last_failed_at, note))
-    timed.sort(key=lambda item: item[0])  # stable: events keep their recorded order
-    lines.extend(line for _, line in timed)
-    if view.status in TERMINAL:
-        lines.append(f"    Note over order: {view.status} {view.reason or ''}".rstrip())
-    elif view.attention:
-        lines.append(f"    Note over order: {OrderStatus.NEEDS_ATTENTION} {view.attention}")
-    return "\n".join(lines)
 
 
 @cli.command("list", short_help="orders, newest first, filtered by status, reason and age")

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from app.operations.story import took as took  # how long a step took: shared with the HTTP API
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -87,13 +89,6 @@ def _fits(table: Table, texts: list[list[str]], headers: Sequence[str], width: i
 
 def money(cents: int, currency: str) -> str:
     return f"{cents // 100}.{cents % 100:02d} {currency}"
-
-
-def took(seconds: float | None) -> str:
-    """How long a step took: milliseconds under a second, else seconds."""
-    if seconds is None:
-        return ""
-    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
 def ago(moment: datetime) -> str:

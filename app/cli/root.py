@@ -1,7 +1,7 @@
 """``python -m app``: the operator's and the curious user's command line, assembled.
 
 Each command is a typed function in the module of its group (``orders``, ``dlq``, ``db``,
-``events``) or family (``run``: demo and audit; ``place``; ``ops``: sweep, health, metrics,
+``events``) or family (``run``: demo and audit; ``place``; ``http``: api; ``ops``: sweep, health, metrics,
 relay; ``replay``; ``analytics``; ``settings``). This module assembles them into one Typer
 app and runs it, saying what went wrong the way it always has: a usage error is a usage
 line and one ``error:`` line on stderr with exit 2, a bad setting names its variable
@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from app.cli import analytics, db, dlq, events, ops, orders, place, replay, run, settings
+from app.cli import analytics, db, dlq, events, http, ops, orders, place, replay, run, settings
 from app.cli.output import interactive
 from app.messaging.telemetry import use_log_format
 
@@ -36,7 +36,7 @@ broker, one worker thread pool per service, and a SQLite file under ./var.
 """
 
 #: The command modules, in the order ``--help`` lists their commands.
-MODULES = (run, place, orders, dlq, ops, db, replay, analytics, events, settings)
+MODULES = (run, place, http, orders, dlq, ops, db, replay, analytics, events, settings)
 
 Command = TyperCommand | TyperGroup
 

@@ -6,6 +6,9 @@ another's tables. Every step task takes exactly one argument, a command as a JSO
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.domain.events import CURRENCY_PATTERN
@@ -82,6 +85,13 @@ class PlaceOrder(BaseModel):
     ship_to: Address
     currency: str = Field("EUR", pattern=CURRENCY_PATTERN)
     idempotency_key: Text | None = Field(None, min_length=1, max_length=128)
+
+    def fingerprint(self) -> str:
+        """What the order asks for, as a digest: the same for the same order however its JSON
+        was written (key order, a default spelt out), different for any other. Stored with the
+        idempotency key, so that the key given again with another order is told apart."""
+        asked = self.model_dump(mode="json", exclude={"idempotency_key"})
+        return hashlib.sha256(json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class ParkOrder(Command):

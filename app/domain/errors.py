@@ -19,6 +19,18 @@ class InvalidOrder(CheckoutError, ValueError):
         super().__init__(f"{field}: {problem}")
 
 
+class IdempotencyKeyReused(InvalidOrder):
+    """The idempotency key was given before with a different order: nothing was placed, and
+    the earlier order stands. (The same key with the same order returns the earlier one.)"""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        super().__init__(
+            "idempotency_key",
+            f"already used for another order ({order_id}) with different contents; use a new key for a new order",
+        )
+
+
 class OrderNotFound(CheckoutError, LookupError):
     """No order has this id."""
 

@@ -21,9 +21,9 @@ from app.domain.commands import (
     ScheduleShipment,
     VoidPayment,
 )
-from app.domain.errors import InvalidOrder, TransientFailure
+from app.domain.errors import IdempotencyKeyReused, InvalidOrder, OrderNotFound, TransientFailure
 from app.domain.events import Envelope
-from app.domain.values import Address, Line
+from app.domain.values import DEFAULT_ADDRESS, Address, Line
 from app.services.payment import payment_rows
 from app.services.shipping import shipment_rows
 from tests.conftest import Services
@@ -290,6 +290,37 @@ def test_idempotency_key_returns_the_same_order(services: Services) -> None:
     second, created_again = services.order.place(request)
     assert (first, created, created_again) == (second, True, False)
     assert log_types(services, "order") == ["OrderPlaced"]
+
+
+def test_an_idempotency_key_given_again_with_another_order_is_refused(services: Services) -> None:
+    first, _ = services.order.place(validate_order("cust-1", [{"sku": "MUG-01", "qty": 1}], idempotency_key="k-1"))
+    # the same order written otherwise (the default address spelt out) is the same order
+    address = DEFAULT_ADDRESS.model_dump()
+    same = validate_order("cust-1", [{"sku": "MUG-01", "qty": 1}], ship_to=address, idempotency_key="k-1")
+    assert services.order.place(same) == (first, False)
+    for other in (
+        validate_order("cust-1", [{"sku": "MUG-01", "qty": 2}], idempotency_key="k-1"),
+        validate_order("cust-2", [{"sku": "MUG-01", "qty": 1}], idempotency_key="k-1"),
+        validate_order("cust-1", [{"sku": "MUG-01", "qty": 1}], payment_token="tok_declined", idempotency_key="k-1"),
+    ):
+        with pytest.raises(IdempotencyKeyReused, match=rf"idempotency_key: already used for another order \({first}\)"):
+            services.order.place(other)
+        with pytest.raises(IdempotencyKeyReused):
+            services.order.find_by_idempotency_key("k-1", other.fingerprint())
+    assert services.order.find_by_idempotency_key("k-1", same.fingerprint()) == first
+    assert log_types(services, "order") == ["OrderPlaced"]
+
+
+def test_orders_page_newest_first_from_a_cursor(services: Services) -> None:
+    placed = [services.order.place(validate_order(f"c-{n}", [{"sku": "MUG-01", "qty": 1}]))[0] for n in range(5)]
+    everything = [r["order_id"] for r in services.order.find(limit=10)]
+    assert sorted(everything) == sorted(placed)
+    first = [r["order_id"] for r in services.order.find(limit=2)]
+    second = [r["order_id"] for r in services.order.find(limit=2, before=first[-1])]
+    rest = [r["order_id"] for r in services.order.find(limit=2, before=second[-1])]
+    assert first + second + rest == everything and len(rest) == 1
+    with pytest.raises(OrderNotFound):
+        services.order.find(before="no-such-order")
 
 
 def test_unknown_sku_writes_nothing(services: Services) -> None:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select
 
 from app.domain.admission import Load
-from app.domain.errors import OrderNotFound
+from app.domain.errors import IdempotencyKeyReused, OrderNotFound
 from app.domain.saga import Saga
 from app.domain.states import TERMINAL, OrderStatus, StepOutcome
 from app.domain.values import Address, Line
@@ -117,11 +117,17 @@ class OrderQueries(OrderStore):
 
         return self.db.query(work)
 
-    def find_by_idempotency_key(self, key: str) -> str | None:
-        """The order placed with this idempotency key, if any."""
-        return self.db.query(
-            lambda c: c.execute(select(orders.c.order_id).where(orders.c.idempotency_key == key)).scalar()
+    def find_by_idempotency_key(self, key: str, fingerprint: str | None = None) -> str | None:
+        """The order placed with this idempotency key, if any; with the ``fingerprint`` of the
+        order asked for now, IdempotencyKeyReused if the key was placed with another."""
+        row = self.db.query(
+            lambda c: c.execute(
+                select(orders.c.order_id, orders.c.request_fingerprint).where(orders.c.idempotency_key == key)
+            ).first()
         )
+        if row is None:
+            return None
+        return row.order_id if fingerprint is None else same_order(row, fingerprint)
 
     def refusals(self) -> int:
         """Orders refused by admission control, in every placing process so far."""
@@ -137,9 +143,12 @@ class OrderQueries(OrderStore):
         reason: str | None = None,
         older_than: timedelta | None = None,
         newer_than: timedelta | None = None,
+        before: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Orders matching the filters, newest first (a light row each, not a full view)."""
+        """Orders matching the filters, newest first (a light row each, not a full view);
+        with ``before``, only those listed after that order — the cursor of the next page.
+        Raises OrderNotFound for a ``before`` that is no order."""
         query = select(
             *ORDER_SUMMARY,
             orders.c.created_at,
@@ -154,8 +163,23 @@ class OrderQueries(OrderStore):
             query = query.where(orders.c.created_at <= now - older_than)
         if newer_than is not None:
             query = query.where(orders.c.created_at >= now - newer_than)
-        rows = self.db.query(lambda c: c.execute(query.order_by(orders.c.created_at.desc()).limit(limit)).all())
-        return [dict(r._mapping) for r in rows]
+        newest_first = (orders.c.created_at.desc(), orders.c.order_id.desc())  # ties: a stable order to page by
+
+        def work(conn: Any) -> list[Any]:
+            paged = query
+            if before is not None:
+                cursor = conn.execute(select(orders.c.created_at).where(orders.c.order_id == before)).scalar()
+                if cursor is None:
+                    raise OrderNotFound(f"no order with id {before!r}")
+                paged = paged.where(
+                    or_(
+                        orders.c.created_at < cursor,
+                        and_(orders.c.created_at == cursor, orders.c.order_id < before),
+                    )
+                )
+            return list(conn.execute(paged.order_by(*newest_first).limit(limit)).all())
+
+        return [dict(r._mapping) for r in self.db.query(work)]
 
     def needing_attention(self) -> list[OrderView]:
         ids = self.db.query(
@@ -304,6 +328,15 @@ class OrderQueries(OrderStore):
         query = select(orders.c.created_at).where(orders.c.status.in_(TERMINAL)).order_by(orders.c.created_at.desc())
         front = self.db.query(lambda c: c.execute(query.limit(1)).scalar())
         return None if front is None else as_utc(front)
+
+
+def same_order(row: Any, fingerprint: str) -> str:
+    """The id of the order an idempotency key was placed with (a row of ``order_id`` and
+    ``request_fingerprint``), if it is the order asked for again; IdempotencyKeyReused if it
+    is another. An order placed before fingerprints were kept is taken to be the same."""
+    if row.request_fingerprint is not None and row.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(row.order_id)
+    return str(row.order_id)
 
 
 def timeline_entry(row: Any, saga: Saga) -> TimelineEntry:

@@ -14,7 +14,7 @@ from app.domain.errors import InvalidOrder, NotParked
 from app.domain.events import Envelope, OrderCompleted, OrderPlaced
 from app.domain.states import TERMINAL, OrderStatus, SagaState, StepOutcome
 from app.persistence.db import StepRecord, UnitOfWork, utcnow
-from app.services.order.queries import OrderQueries
+from app.services.order.queries import OrderQueries, same_order
 from app.services.order.saga_memory import SagaMemory
 from app.services.order.tables import admission, catalog, order_lines, order_row, orders
 
@@ -55,9 +55,10 @@ class OrderService(SagaMemory, OrderQueries):
     def place(self, request: PlaceOrder) -> tuple[str, bool]:
         """Write the order and its OrderPlaced event in one transaction.
 
-        Returns ``(order_id, created)``; an idempotency key seen before returns the
-        earlier order and writes nothing. Raises InvalidOrder (nothing written) for an
-        unknown SKU or an unsupported currency.
+        Returns ``(order_id, created)``; an idempotency key seen before with the same order
+        returns the earlier order and writes nothing; seen with a different order, it raises
+        IdempotencyKeyReused. Raises InvalidOrder (nothing written) for an unknown SKU or an
+        unsupported currency.
         """
         if request.currency not in SUPPORTED_CURRENCIES:
             raise InvalidOrder(
@@ -65,13 +66,17 @@ class OrderService(SagaMemory, OrderQueries):
                 f"unsupported currency {request.currency!r}; supported: {', '.join(sorted(SUPPORTED_CURRENCIES))}",
             )
 
+        fingerprint = request.fingerprint()
+
         def work(uow: UnitOfWork) -> tuple[str, bool]:
             if request.idempotency_key is not None:
                 existing = uow.conn.execute(
-                    select(orders.c.order_id).where(orders.c.idempotency_key == request.idempotency_key)
-                ).scalar()
+                    select(orders.c.order_id, orders.c.request_fingerprint).where(
+                        orders.c.idempotency_key == request.idempotency_key
+                    )
+                ).first()
                 if existing is not None:
-                    return existing, False
+                    return same_order(existing, fingerprint), False
             skus = {line.sku for line in request.items}
             prices = {
                 r.sku: r
@@ -97,6 +102,7 @@ class OrderService(SagaMemory, OrderQueries):
                     payment_token=request.payment_token,
                     ship_to=request.ship_to.model_dump(),
                     idempotency_key=request.idempotency_key,
+                    request_fingerprint=fingerprint if request.idempotency_key is not None else None,
                     saga_state=SagaState.RUNNING,
                     steps={},
                     compensated=False,

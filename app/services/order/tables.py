@@ -54,6 +54,8 @@ orders = Table(
     Column("payment_token", String(64), nullable=False),
     Column("ship_to", JSON, nullable=False),
     Column("idempotency_key", String(128), unique=True),
+    # PlaceOrder.fingerprint() of the order placed with the key (None: placed before it was kept)
+    Column("request_fingerprint", String(64)),
     Column("saga_state", String(16), nullable=False),  # a SagaState: RUNNING, COMPENSATING, DONE
     Column("steps", JSON, nullable=False),  # step name -> its StepOutcome: done / failed / ...
     Column("failed_step", String(64)),
