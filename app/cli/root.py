@@ -99,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if _bad_settings(exc):  # the settings: name the variable, say what is wrong
             return 2
+        from app.persistence.migrations import SchemaNotCurrent
+
+        if isinstance(exc, SchemaNotCurrent):  # its message names the revision and the command to run
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if not _broker_unreachable(exc):
             raise
         # a command that needs the broker, with the broker away

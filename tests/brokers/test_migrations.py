@@ -315,3 +315,18 @@ def test_the_analytics_tables_are_migrated_when_the_extension_is_named(pg: tuple
     current = app_cli("db", "current", env=cli_env(database_url=url, extensions="analytics"))
     assert current.returncode == 0 and current.stdout.count(" yes ") == len(SERVICES) + 1, current.stdout
     assert migrations.head("analytics") in current.stdout, current.stdout
+
+
+def test_a_command_on_a_database_behind_says_what_to_run_in_one_line(pg: tuple[str, Engine]) -> None:
+    url, engine = pg
+    with engine.connect() as conn, conn.begin():
+        for service in SERVICES:
+            command.upgrade(migrations.config(service, service_metadata(service), connection=conn), "head")
+        command.downgrade(migrations.config("order", service_metadata("order"), connection=conn), "order_0001")
+    done = app_cli("catalog", env=cli_env(database_url=url))
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: the order service's tables are at revision order_0001; this version needs {migrations.head('order')}: "
+        "run `python -m app db upgrade`"
+    ], done.stderr
