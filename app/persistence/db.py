@@ -272,17 +272,23 @@ class Database:
         raise AssertionError("unreachable")
 
     def query(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in a read-only transaction; once more on a new connection if the
-        one it had turned out to be lost (a database restarted since it was pooled)."""
-        for attempt in (1, 2):
+        """Run ``work`` in a read-only transaction; again on a new connection if the one it
+        had turned out to be lost (a database restarted since it was pooled), and again
+        after a short pause if the database gave up on it for contention (a read, too, can
+        be the one a serializable database cancels)."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
             try:
                 with self.engine.connect() as conn:
                     conn.execution_options(**{READ_ONLY: True})
                     with conn.begin():
                         return work(conn)
             except DBAPIError as exc:
-                if attempt == 2 or not is_disconnect(exc):
+                if is_disconnect(exc) and attempt == 1:
+                    continue
+                if attempt == CONTENTION_ATTEMPTS or not is_contention(exc):
                     raise
+                log.info("%s: read run again after %s (attempt %d)", self.service, why(exc), attempt)
+                time.sleep(pause(attempt))
         raise AssertionError("unreachable")
 
     def create_schema(self) -> None:

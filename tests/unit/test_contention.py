@@ -81,3 +81,16 @@ def test_placement_that_loses_to_contention_every_time_is_refused_as_busy(
     assert "contended" in str(refused.value)
     written = rt.databases["order"].query(lambda c: c.execute(select(func.count()).select_from(orders)).scalar())
     assert written == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_read_cancelled_for_contention_is_run_again(services: Services) -> None:
+    """At ``serializable`` a read-only transaction can be the one cancelled ("canceled on
+    conflict out to pivot, during read"): a read is run again like a write."""
+    calls, work = failing(CONTENTION_ATTEMPTS - 1, SerializationFailure)
+    assert services.dbs["order"].query(work) == "committed"  # type: ignore[arg-type]
+    assert len(calls) == CONTENTION_ATTEMPTS
+    other_calls, other = failing(1, UndefinedTable, "no such table")
+    with pytest.raises(OperationalError):
+        services.dbs["order"].query(other)  # type: ignore[arg-type]
+    assert len(other_calls) == 1
