@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.faultproxy import FaultProxy, wait_for
+from tests.conftest import wait_until
+from tests.support.faultproxy import FaultProxy
 
 #: A bounded wait for something that must NOT arrive (a negative can only be shown by
 #: waiting); short, since the proxy delivers in microseconds when it does deliver.
@@ -75,7 +76,7 @@ def silent(sock: socket.socket) -> bool:
 def test_pass_through_forwards_both_ways(proxy: FaultProxy) -> None:
     with connect(proxy) as sock:
         assert round_trip(sock, b"x" * 200_000) == b"x" * 200_000
-    wait_for(lambda: proxy.stats.open == 0, timeout=10)
+    wait_until(lambda: proxy.stats.open == 0, timeout=10, what="the proxy to drop its links")
     assert proxy.stats.accepted == 1
 
 

@@ -35,7 +35,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -278,13 +277,3 @@ class FaultProxy:
         # only the client's close counts: the upstream's never reaches it (the network is gone).
         if not link.dead or target is link.upstream:
             self._drop(link)
-
-
-def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
-    """Poll ``condition`` until truthy (for the proxy's own tests and callers without pytest)."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-    return result
