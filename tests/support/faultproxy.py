@@ -37,9 +37,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 PASS, BLACKHOLE, LATENCY = "pass", "blackhole", "latency"
 CHUNK = 65536
