@@ -46,6 +46,8 @@ class OrderRequest(BaseModel):
 class Event(BaseModel):
     """One event of the order's story."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     type: str
     service: str
     time: datetime
@@ -58,6 +60,8 @@ class Event(BaseModel):
 
 class Order(BaseModel):
     """An order's view, as ``GET /orders/{id}`` answers it."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     order_id: str
     customer_id: str
@@ -138,36 +142,11 @@ class Health(BaseModel):
 
 
 def event(entry: TimelineEntry) -> Event:
-    return Event(
-        type=entry.type,
-        service=entry.service,
-        time=entry.time,
-        step=entry.step,
-        outcome=entry.outcome,
-        compensation=entry.compensation,
-        attempts=entry.attempts,
-        duration_seconds=entry.duration_seconds,
-    )
+    return Event.model_validate(entry)
 
 
 def order(view: OrderView) -> Order:
-    return Order(
-        order_id=view.order_id,
-        customer_id=view.customer_id,
-        status=view.status,
-        reason=view.reason,
-        attention=view.attention,
-        total_cents=view.total_cents,
-        currency=view.currency,
-        lines=list(view.lines),
-        ship_to=view.ship_to,
-        steps={step: str(outcome) for step, outcome in view.steps.items()},
-        created_at=view.created_at,
-        updated_at=view.updated_at,
-        finished_at=view.finished_at,
-        duration_seconds=view.duration_seconds,
-        events=[event(e) for e in view.events],
-    )
+    return Order.model_validate(view)
 
 
 def summary(row: dict[str, Any]) -> OrderSummary:
