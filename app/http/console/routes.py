@@ -94,19 +94,20 @@ def _order(router: APIRouter, rt: Runtime) -> None:
             "diagram": sequence_diagram(view, letters),
         }
 
+    def order(request: Request, order_id: str, found: str, missing: str) -> HTMLResponse:
+        """The order in template ``found``; no such order: ``missing``, 404."""
+        try:
+            return page(request, found, **order_context(order_id))
+        except OrderNotFound:
+            return page(request, missing, 404, order_id=order_id)
+
     @router.get("/console/orders/{order_id}")
     def order_page(request: Request, order_id: str) -> HTMLResponse:
-        try:
-            return page(request, "order.html", **order_context(order_id))
-        except OrderNotFound:
-            return page(request, "not_found.html", 404, order_id=order_id)
+        return order(request, order_id, "order.html", "not_found.html")
 
     @router.get("/console/orders/{order_id}/live")
     def order_partial(request: Request, order_id: str) -> HTMLResponse:
-        try:
-            return page(request, "_order.html", **order_context(order_id))
-        except OrderNotFound:
-            return page(request, "_not_found.html", 404, order_id=order_id)
+        return order(request, order_id, "_order.html", "_not_found.html")
 
 
 def _system(router: APIRouter, rt: Runtime) -> None:
