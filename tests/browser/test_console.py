@@ -1,7 +1,8 @@
 """The saga console in Chromium: an order placed over the API appears on ``/`` and reaches
 COMPLETED without a reload; a declined one is found by the status filter and its page lists
-its compensation; an order's page draws its timeline; an unknown order is a 404 page; the
-saga's event graph is drawn in the configured mode; the auditor's verdict is shown live.
+its compensation; an order's page draws its timeline and follows its saga to the end; an
+unknown order is a 404 page; the saga's event graph is drawn in the configured mode; the
+auditor's verdict is shown live.
 
 The screenshots of ``/`` and of an order's page in docs/ (console.png, order.png) are those
 ``test_an_order_reaches_completed_on_the_console_without_a_reload`` saves."""
@@ -80,6 +81,22 @@ def test_a_declined_order_is_found_by_status_and_shows_its_compensation(
     expect(page.locator("#order-status")).to_have_text("CANCELLED")
     expect(page.locator("#compensations")).to_contain_text("release_inventory")
     expect(page.locator("#timeline svg")).to_contain_text("PaymentDeclined")
+
+
+def test_an_order_page_follows_its_saga_to_the_end_without_a_reload(
+    page: Page, base_url: str, client: httpx.Client
+) -> None:
+    order_id = place(client, "tok_down")  # the gateway stays unreachable: retries, then the saga gives up
+    shown = page.goto(f"{base_url}/console/orders/{order_id}")
+    assert shown is not None and 'id="order-status">PENDING<' in shown.text()  # still retrying when served
+    page.evaluate("window.loadedOnce = true")
+
+    expect(page.locator("#order-status")).to_have_text("CANCELLED")
+    expect(page.locator("#order")).to_contain_text("payment_unavailable")
+    expect(page.locator("#compensations")).to_contain_text("release_inventory")
+    expect(page.locator("#timeline svg")).to_contain_text("OrderCancelled")
+    assert page.evaluate("window.loadedOnce") is True
+    expect(page.locator("#order[hx-trigger]")).to_have_count(0)  # terminal: it polls no more
 
 
 def test_an_unknown_order_is_a_404_page(page: Page, base_url: str) -> None:
