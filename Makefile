@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo api test soak test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
+.PHONY: help install chromium demo api test soak test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -17,13 +17,18 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)  ## create .venv and install requirements.txt
 
+# tests/browser drive Debian's Chromium at /usr/bin/chromium through Playwright; nothing
+# downloads a browser (never `playwright install`). .ci/run installs it the same way.
+chromium:  ## install Debian's Chromium for tests/browser (as root; a no-op when it is there)
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
 demo: $(STAMP)  ## run the embedded demo: every test input through the saga, then the auditor
 	$(BIN)/python -m app demo
 
 api: $(STAMP)  ## serve the HTTP API on 127.0.0.1:8000 (embedded unless CHECKOUT_BROKER_URL is set)
 	$(BIN)/python -m app api
 
-test: $(STAMP)  ## the whole suite (needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1)
+test: $(STAMP)  ## the whole suite (needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1, and make chromium)
 	$(BIN)/python -m pytest
 
 soak: $(STAMP)  ## the fault and overload runs for SOAK_SECONDS each (default 600) instead of a few seconds

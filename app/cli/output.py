@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from app.domain.values import money as money  # an amount as people read it: shared with the console
 from app.operations.story import took as took  # how long a step took: shared with the HTTP API
 
 if TYPE_CHECKING:
@@ -85,10 +86,6 @@ def _fits(table: Table, texts: list[list[str]], headers: Sequence[str], width: i
         1 for text in [*headers, *(cell for row in texts for cell in row)] for char in text if not char.isspace()
     )
     return shown >= given
-
-
-def money(cents: int, currency: str) -> str:
-    return f"{cents // 100}.{cents % 100:02d} {currency}"
 
 
 def ago(moment: datetime) -> str:

@@ -78,3 +78,8 @@ class Address(BaseModel):
 DEFAULT_ADDRESS = Address(
     name="Ada Lovelace", line1="12 St James's Square", city="London", postal_code="SW1Y 4JH", country="GB"
 )
+
+
+def money(cents: int, currency: str) -> str:
+    """An amount in minor units as people read it: ``1999, "EUR"`` -> ``19.99 EUR``."""
+    return f"{cents // 100}.{cents % 100:02d} {currency}"

@@ -20,7 +20,7 @@ from app.api import System, admit_and_place, validate_order
 from app.bootstrap import Runtime
 from app.domain.errors import Busy, IdempotencyKeyReused, InvalidOrder, OrderNotFound
 from app.domain.states import TERMINAL, OrderStatus
-from app.http import schemas
+from app.http import console, schemas
 from app.http.auth import BearerAuth
 from app.http.ratelimit import RateLimit
 from app.operations import metrics
@@ -66,6 +66,7 @@ def create_app(
     _placing(api, rt, limit)
     _reading(api, rt)
     _operating(api, rt)
+    console.mount(api, rt)
     return api
 
 

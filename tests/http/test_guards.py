@@ -45,6 +45,10 @@ def test_with_a_token_every_endpoint_but_health_needs_it(embedded: System) -> No
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
             ("GET", "/docs"),
+            ("GET", "/"),  # the console, its partials and its files
+            ("GET", "/console/orders"),
+            ("GET", "/console/audit/verdict"),
+            ("GET", "/console/static/htmx.min.js"),
         ]:
             body = {"customer_id": "intruder", "items": MUG} if method == "POST" else None
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
@@ -59,6 +63,7 @@ def test_with_a_token_every_endpoint_but_health_needs_it(embedded: System) -> No
         assert placed.status_code == 201, placed.text
         assert http.get(placed.headers["location"], headers=authorized).status_code == 200
         assert http.get("/metrics", headers=authorized).status_code == 200
+        assert http.get("/", headers=authorized).status_code == 200
         assert http.get("/openapi.json", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
 
 
