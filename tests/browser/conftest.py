@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from tests.http.conftest import base_url, client, embedded  # noqa: F401 - the served system, shared
+from app.api import System
+from tests.conftest import purge_memory_broker
+from tests.http.conftest import base_url, client, http_settings  # noqa: F401 - the served system, shared
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -30,8 +32,27 @@ ARGS = [
 
 #: Where the expectations wait for the page, in milliseconds (the pages poll every second).
 WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)  # the assertions' own wait, 5 s unless told
 
 SCREENSHOTS: list[Path] = []
+
+#: Retry delays long enough that a saga retrying an unreachable gateway (``tok_down``) is still
+#: PENDING for seconds (0.5 + 1 + 2 + 2 + 2) when its page is first served, on a busy machine too.
+RETRY_BASE_SECONDS = 0.5
+RETRY_CAP_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The embedded system the console is served over, with slower retries than tests/http's."""
+    purge_memory_broker()
+    settings = http_settings(
+        tmp_path_factory.mktemp("console"), retry_base_seconds=RETRY_BASE_SECONDS, retry_cap_seconds=RETRY_CAP_SECONDS
+    )
+    system = System(settings).start()
+    yield system
+    system.stop()
+    purge_memory_broker()
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,13 @@ from tests.conftest import purge_memory_broker, wait_until
 
 
 def http_settings(data_dir: Path, **overrides: object) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        retry_base_seconds=0.05,
-        retry_cap_seconds=0.4,
-        outbox_sweep_seconds=0.5,
-        outbox_grace_seconds=0.5,
-        **overrides,
-    )
+    fast: dict[str, object] = {
+        "retry_base_seconds": 0.05,
+        "retry_cap_seconds": 0.4,
+        "outbox_sweep_seconds": 0.5,
+        "outbox_grace_seconds": 0.5,
+    }
+    return Settings(data_dir=data_dir, **(fast | overrides))  # type: ignore[arg-type]
 
 
 @contextmanager
