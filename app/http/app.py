@@ -84,6 +84,7 @@ def _placing(api: FastAPI, rt: Runtime, limit: RateLimit) -> None:
         status_code=201,
         response_model=schemas.Order,
         responses={
+            **schemas.UNREADABLE_BODY,
             422: {"description": "invalid order (the field in `loc`), or an idempotency key reused for another"},
             429: {"description": "this customer is over CHECKOUT_API_RATE_LIMIT_PER_MINUTE; see Retry-After"},
             503: {"description": "the system is over capacity; nothing written; see Retry-After"},

@@ -82,6 +82,7 @@ def _dead_letters(api: FastAPI, ops: DeadLetterOps, bulk: BulkOps, unauthorized:
         tags=["operator"],
         responses={
             **unauthorized,
+            **schemas.UNREADABLE_BODY,
             409: {"model": schemas.StaleRedrive, "description": "`confirm` is not the token of the selection now"},
         },
     )
@@ -147,6 +148,7 @@ def _parked(api: FastAPI, ops: DeadLetterOps, bulk: BulkOps, unauthorized: dict[
         tags=["operator"],
         responses={
             **unauthorized,
+            **schemas.UNREADABLE_BODY,
             409: {"model": schemas.StaleRetry, "description": "`confirm` is not the token of the selection now"},
         },
     )

@@ -16,6 +16,10 @@ from app.persistence.deadletters import DeadLetter
 from app.services.order import OrderView, TimelineEntry
 
 
+#: What a route taking a JSON body may answer when the body is not text (FastAPI's 400).
+UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not UTF-8 text"}}
+
+
 class OrderRequest(BaseModel):
     """The body of ``POST /orders``: the arguments of ``place_order`` (the idempotency key
     comes in the ``Idempotency-Key`` header). Only the JSON types are checked here; what the
