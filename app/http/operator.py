@@ -10,10 +10,12 @@ selection changed since, answers 409 with the new preview and does nothing
 (:mod:`app.operations.bulk`)."""
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.bootstrap import Runtime
 from app.domain.errors import NotParked
@@ -38,6 +40,31 @@ class Conflict(Exception):
 
 class NoLetter(Exception):
     """No dead letter has this id (or more than one start with it)."""
+
+
+def bulk_responses(unauthorized: dict[int | str, Any], stale: type[BaseModel]) -> dict[int | str, Any]:
+    """What a bulk act's route may answer besides its preview or its result."""
+    return {
+        **unauthorized,
+        **schemas.UNREADABLE_BODY,
+        409: {"model": stale, "description": "`confirm` is not the token of the selection now: the new preview"},
+    }
+
+
+def preview_or_act(
+    confirm: str | None,
+    preview: Callable[[], BaseModel],
+    act: Callable[[str], BaseModel],
+    stale: Callable[[StalePreview[Any]], BaseModel],
+) -> BaseModel | JSONResponse:
+    """The preview without ``confirm``; with it, the act — or 409 and the new preview if
+    ``confirm`` is not the token of the selection as it is now."""
+    if confirm is None:
+        return preview()
+    try:
+        return act(confirm)
+    except StalePreview as exc:
+        return JSONResponse(stale(exc).model_dump(mode="json"), 409)
 
 
 def register(api: FastAPI, rt: Runtime, *, guarded: bool) -> None:
@@ -80,24 +107,19 @@ def _dead_letters(api: FastAPI, ops: DeadLetterOps, bulk: BulkOps, unauthorized:
         "/dead-letters/redrive",
         response_model=schemas.RedrivePreview | schemas.RedriveDone,
         tags=["operator"],
-        responses={
-            **unauthorized,
-            **schemas.UNREADABLE_BODY,
-            409: {"model": schemas.StaleRedrive, "description": "`confirm` is not the token of the selection now"},
-        },
+        responses=bulk_responses(unauthorized, schemas.StaleRedrive),
     )
     def redrive_many(body: schemas.RedriveRequest) -> Any:
         """Without ``confirm``: the preview of sending again every DEAD letter the filter
         picks — each one's task and whether it calls the payment gateway or the carrier —
         with its ``token``; nothing is sent. With ``confirm: <token>``: send them, retries reset."""
         selection = LetterFilter(queue=body.queue, task=body.task, order_id=body.order_id, reason=body.reason)
-        if body.confirm is None:
-            return schemas.redrive_preview(bulk.preview_redrive(selection))
-        try:
-            return schemas.redrive_done(bulk.redrive(selection, body.confirm))
-        except StalePreview as exc:
-            stale = schemas.StaleRedrive(detail=str(exc), preview=schemas.redrive_preview(exc.preview))
-            return JSONResponse(stale.model_dump(mode="json"), 409)
+        return preview_or_act(
+            body.confirm,
+            lambda: schemas.redrive_preview(bulk.preview_redrive(selection)),
+            lambda token: schemas.redrive_done(bulk.redrive(selection, token)),
+            lambda exc: schemas.StaleRedrive(detail=str(exc), preview=schemas.redrive_preview(exc.preview)),
+        )
 
     @api.get(
         "/dead-letters/{letter_id}",
@@ -146,24 +168,19 @@ def _parked(api: FastAPI, ops: DeadLetterOps, bulk: BulkOps, unauthorized: dict[
         "/parked/retry",
         response_model=schemas.RetryPreview | schemas.RetryDone,
         tags=["operator"],
-        responses={
-            **unauthorized,
-            **schemas.UNREADABLE_BODY,
-            409: {"model": schemas.StaleRetry, "description": "`confirm` is not the token of the selection now"},
-        },
+        responses=bulk_responses(unauthorized, schemas.StaleRetry),
     )
     def retry_many(body: schemas.RetryRequest) -> Any:
         """Without ``confirm``: the preview of retrying the parked sagas named (every one if
         none is) — each with the dead letters it sends again and whether they call the
         payment gateway or the carrier — with its ``token``; nothing is done. With
         ``confirm: <token>``: resume them."""
-        if body.confirm is None:
-            return schemas.retry_preview(bulk.preview_retry(body.order_ids))
-        try:
-            return schemas.retry_done(bulk.retry(body.order_ids, body.confirm))
-        except StalePreview as exc:
-            stale = schemas.StaleRetry(detail=str(exc), preview=schemas.retry_preview(exc.preview))
-            return JSONResponse(stale.model_dump(mode="json"), 409)
+        return preview_or_act(
+            body.confirm,
+            lambda: schemas.retry_preview(bulk.preview_retry(body.order_ids)),
+            lambda token: schemas.retry_done(bulk.retry(body.order_ids, token)),
+            lambda exc: schemas.StaleRetry(detail=str(exc), preview=schemas.retry_preview(exc.preview)),
+        )
 
     @api.post(
         "/parked/{order_id}/retry",

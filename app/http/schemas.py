@@ -15,7 +15,6 @@ from app.persistence.db import as_utc
 from app.persistence.deadletters import DeadLetter
 from app.services.order import OrderView, TimelineEntry
 
-
 #: What a route taking a JSON body may answer when the body is not text (FastAPI's 400).
 UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not UTF-8 text"}}
 
