@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -303,7 +303,9 @@ class RetryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    order_ids: list[str] | None = Field(None, max_length=500, description="these parked orders; absent: every one")
+    order_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=500, description="these parked orders; absent: every one"
+    )
     confirm: str | None = Field(None, max_length=128, description="the token of the preview to act on")
 
 
