@@ -229,3 +229,22 @@ def test_the_operator_token_guards_the_operator_endpoints_and_only_them(embedded
     with served(only_operator) as url, httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/dead-letters").status_code == 401
         assert http.get("/orders").status_code == 200  # only the operator's endpoints are guarded
+
+
+def test_a_letter_that_cannot_be_sent_again_is_shown_blocked_refused_alone_and_passed_over(
+    client: httpx.Client, embedded: System
+) -> None:
+    publish_raw(embedded, b"x" * (embedded.runtime.settings.max_message_bytes + 1), {}, "order.task")
+    (letter,) = wait_until(
+        lambda: dead_letters(client, queue="order", reason="message too large"), timeout=30, what="the dead letter"
+    )
+    selection = {"queue": "order", "reason": "message too large"}
+    preview = client.post("/dead-letters/redrive", json=selection).json()
+    (item,) = preview["letters"]
+    assert item["id"] == letter["id"] and "cannot be sent again" in item["blocked"]
+
+    refused = client.post(f"/dead-letters/{letter['id']}/redrive")
+    assert refused.status_code == 409 and "cannot be sent again" in refused.json()["detail"], refused.text
+    done = client.post("/dead-letters/redrive", json={**selection, "confirm": preview["token"]}).json()
+    assert done["redriven"] == [] and [n["id"] for n in done["not_sent"]] == [letter["id"]]
+    assert letter_status(client, letter["id"]) == "DEAD"
