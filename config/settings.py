@@ -302,6 +302,12 @@ class Settings(BaseSettings):
         description="With it set, every HTTP API endpoint but /health requires `Authorization: Bearer <token>` "
         "(401 without it).",
     )
+    operator_token: SecretStr | None = Field(
+        None,
+        description="With it set, the HTTP API's operator endpoints (/dead-letters, /parked) require "
+        "`Authorization: Bearer <token>` (401 without it) and CHECKOUT_API_TOKEN does not open them; "
+        "unset, CHECKOUT_API_TOKEN guards them too.",
+    )
     api_rate_limit_per_minute: int = Field(
         0,
         ge=0,

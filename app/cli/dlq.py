@@ -101,11 +101,27 @@ def redrive(
     compensate: Annotated[
         bool, typer.Option("--compensate", help="with --order: compensate the order instead of resuming it")
     ] = False,
+    queue: Annotated[str | None, typer.Option("--queue", metavar="QUEUE", help="those of this queue")] = None,
+    task: Annotated[str | None, typer.Option("--task", metavar="TASK", help="those of this task")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", metavar="TEXT", help="those whose reason holds TEXT (any case)")
+    ] = None,
+    confirm: Annotated[
+        str | None, typer.Option("--confirm", metavar="TOKEN", help="send what the preview with this token listed")
+    ] = None,
 ) -> int:
     """Send a dead letter again, its retries reset (exit 1 if there is no such one, or it is
     not dead), or with --order every dead letter of that order: its saga resumes, or with
     --compensate gives up on them and compensates the order (exit 1 if its saga is over).
-    Exit 2 without an ID or --order."""
+    With --queue, --task or --reason (and --order), the dead letters they all match: first
+    the preview (exit 2, nothing sent: each letter's task and the outside system it calls),
+    then with --confirm TOKEN of that preview they are sent (exit 1, nothing sent, if the
+    selection changed since). Exit 2 without an ID, --order or a filter."""
+    if queue or task or reason or confirm:
+        if letter_id or compensate:
+            print("error: --queue, --task, --reason and --confirm go without ID or --compensate", file=sys.stderr)
+            return 2
+        return _redrive_selected(order, queue, task, reason, confirm)
     ops = _ops()
     if order:
         try:
@@ -128,6 +144,40 @@ def redrive(
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 1
     print(f"redriven {done.letter.id} ({done.letter.task} on {done.letter.queue}) with its retries reset")
+    return 0
+
+
+def _redrive_selected(
+    order: str | None, queue: str | None, task: str | None, reason: str | None, confirm: str | None
+) -> int:
+    from app.operations.bulk import BulkOps, LetterFilter, RedrivePreview, StalePreview
+
+    def show(preview: RedrivePreview) -> None:
+        rows = [
+            (d.id[:8], d.queue, d.task or "-", (d.order_id or "-")[:8], d.reason[:60], r.external or "-", r.blocked)
+            for r in preview.letters
+            for d in (r.letter,)
+        ]
+        print_table(rows, ("id", "queue", "task", "order", "reason", "calls", "cannot be sent"))
+
+    bulk = BulkOps(runtime())
+    selection = LetterFilter(queue=queue, task=task, order_id=order, reason=reason)
+    if confirm is None:
+        preview = bulk.preview_redrive(selection)
+        show(preview)
+        calls = sum(r.external is not None for r in preview.letters)
+        print(f"{len(preview.letters)} dead letter(s) would be sent again, {calls} calling the gateway or the carrier")
+        print(f"nothing sent; to send them, run again with --confirm {preview.token}", file=sys.stderr)
+        return 2
+    try:
+        done = bulk.redrive(selection, confirm)
+    except StalePreview as exc:
+        show(exc.preview)
+        print(f"error: {exc}; the new preview's token is {exc.preview.token}", file=sys.stderr)
+        return 1
+    for passed in done.not_sent:
+        print(f"not sent {passed.id}: {passed.why}")
+    print(f"{len(done.redriven)} dead letter(s) redriven with their retries reset")
     return 0
 
 

@@ -20,8 +20,9 @@ from app.api import System, admit_and_place, validate_order
 from app.bootstrap import Runtime
 from app.domain.errors import Busy, IdempotencyKeyReused, InvalidOrder, OrderNotFound
 from app.domain.states import TERMINAL, OrderStatus
-from app.http import console, schemas
-from app.http.auth import BearerAuth
+from app.http import console, operator, schemas
+from app.http.auth import BearerAuth, Lock
+from app.http.operator import OPERATOR_PATHS
 from app.http.ratelimit import RateLimit
 from app.operations import metrics
 from app.operations.health import check
@@ -44,14 +45,21 @@ def create_app(
     system: System,
     *,
     token: str | None = None,
+    operator_token: str | None = None,
     rate_limit_per_minute: int | None = None,
     max_body_bytes: int | None = None,
 ) -> FastAPI:
-    """The HTTP API over a started ``system``; its settings (``CHECKOUT_API_*``) unless given."""
+    """The HTTP API over a started ``system``; its settings (``CHECKOUT_API_*``,
+    ``CHECKOUT_OPERATOR_TOKEN``) unless given."""
     rt = system.runtime
     settings = rt.settings
     if token is None and settings.api_token is not None:
         token = settings.api_token.get_secret_value()
+    if operator_token is None and settings.operator_token is not None:
+        operator_token = settings.operator_token.get_secret_value()
+    locks = {"": Lock(token, "CHECKOUT_API_TOKEN")} if token else {}
+    if operator_token:
+        locks.update({prefix: Lock(operator_token, "CHECKOUT_OPERATOR_TOKEN") for prefix in OPERATOR_PATHS})
     limit = RateLimit(settings.api_rate_limit_per_minute if rate_limit_per_minute is None else rate_limit_per_minute)
     api = FastAPI(
         title="Checkout Saga",
@@ -60,12 +68,13 @@ def create_app(
         max_body_size=settings.api_max_body_bytes if max_body_bytes is None else max_body_bytes,
         responses=ERRORS if token else None,
     )
-    if token:
-        api.add_middleware(BearerAuth, token=token)
+    if locks:
+        api.add_middleware(BearerAuth, locks=locks)
     _errors(api)
     _placing(api, rt, limit)
     _reading(api, rt)
     _operating(api, rt)
+    operator.register(api, rt, guarded=bool(locks))
     console.mount(api, rt)
     return api
 
@@ -76,6 +85,7 @@ def _placing(api: FastAPI, rt: Runtime, limit: RateLimit) -> None:
         status_code=201,
         response_model=schemas.Order,
         responses={
+            **schemas.UNREADABLE_BODY,
             422: {"description": "invalid order (the field in `loc`), or an idempotency key reused for another"},
             429: {"description": "this customer is over CHECKOUT_API_RATE_LIMIT_PER_MINUTE; see Retry-After"},
             503: {"description": "the system is over capacity; nothing written; see Retry-After"},

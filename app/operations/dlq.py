@@ -38,6 +38,16 @@ class Redriven:
     removed_from_broker: bool
 
 
+def unsendable(letter: DeadLetter) -> str | None:
+    """Why ``letter`` cannot be sent again whatever its status, or None if it can."""
+    if letter.message.get("truncated"):
+        return (
+            f"dead letter {letter.id} kept only the first bytes of a {letter.message.get('size')}-byte message "
+            "(over CHECKOUT_MAX_MESSAGE_BYTES); it cannot be sent again: purge it"
+        )
+    return None
+
+
 class DeadLetterOps:
     def __init__(self, rt: System) -> None:
         self.rt = rt
@@ -52,11 +62,9 @@ class DeadLetterOps:
     def redrive(self, letter_id: str) -> Redriven:
         """Send one dead letter again, retries reset."""
         letter = self.store.get(letter_id)
-        if letter.message.get("truncated"):
-            raise ValueError(
-                f"dead letter {letter.id} kept only the first bytes of a {letter.message.get('size')}-byte message "
-                "(over CHECKOUT_MAX_MESSAGE_BYTES); it cannot be sent again: purge it"
-            )
+        problem = unsendable(letter)
+        if problem is not None:
+            raise ValueError(problem)
         # Mark it first: if the message dies again at once, that is a new dead letter,
         # not an update of this one.
         if not self.store.set_status(letter, REDRIVEN, only_if=DEAD):

@@ -43,14 +43,23 @@ def served(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=20)
 
 
+@contextmanager
+def embedded_system(data_dir: Path, **overrides: object) -> Iterator[System]:
+    """An embedded system over ``http_settings(data_dir, **overrides)`` until the block ends."""
+    purge_memory_broker()
+    system = System(http_settings(data_dir, **overrides)).start()
+    try:
+        yield system
+    finally:
+        system.stop()
+        purge_memory_broker()
+
+
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """One embedded system for a module's tests (starting one costs a second or two)."""
-    purge_memory_broker()
-    system = System(http_settings(tmp_path_factory.mktemp("http"))).start()
-    yield system
-    system.stop()
-    purge_memory_broker()
+    with embedded_system(tmp_path_factory.mktemp("http")) as system:
+        yield system
 
 
 @pytest.fixture(scope="module")

@@ -180,3 +180,27 @@ def test_place_that_times_out_says_the_order_goes_on(tmp_path: Path) -> None:
         f"still PENDING after 1s: the order is placed and its saga goes on; `python -m app orders show {order_id}`"
         in (done.stderr)
     )
+
+
+#: Steps that give up after one quick retry: a dead letter in a second.
+QUICK = {"CHECKOUT_RETRY_MAX": "1", "CHECKOUT_RETRY_BASE_SECONDS": "0.05", "CHECKOUT_RETRY_CAP_SECONDS": "0.2"}
+
+
+def test_dlq_redrive_by_filter_previews_first_and_sends_only_with_the_previews_token(tmp_path: Path) -> None:
+    assert run("place", "MUG-01:1", "--token", "tok_down", data_dir=tmp_path, settings=QUICK).returncode == 0
+    preview = run("dlq", "redrive", "--queue", "payment", "--reason", "UNAVAILABLE", data_dir=tmp_path)
+    assert preview.returncode == 2, preview.stdout + preview.stderr
+    (row,) = [line.split() for line in preview.stdout.splitlines() if "payment.authorize" in line]
+    assert row[1:3] == ["payment", "payment.authorize"] and "gateway" in row
+    assert "1 dead letter(s) would be sent again, 1 calling the gateway or the carrier" in preview.stdout
+    token = preview.stderr.split("--confirm ")[1].strip()
+    assert "DEAD" in run("dlq", "list", data_dir=tmp_path).stdout  # the preview sent nothing
+
+    stale = run("dlq", "redrive", "--queue", "inventory", "--confirm", token, data_dir=tmp_path)
+    assert stale.returncode == 1 and stale.stderr.startswith("error: the selection changed"), stale.stderr
+    done = run("dlq", "redrive", "--queue", "payment", "--reason", "UNAVAILABLE", "--confirm", token, data_dir=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 dead letter(s) redriven" in done.stdout
+    listed = run("dlq", "list", "--all", data_dir=tmp_path).stdout.splitlines()
+    (mine,) = [line for line in listed if line.startswith(row[0])]
+    assert mine.split()[1:3] == ["payment", "payment.authorize"] and mine.endswith("REDRIVEN")
