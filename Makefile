@@ -43,7 +43,7 @@ worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
 
 # `make up` runs these processes of the Procfile: every service worker, the sales analytics
 # worker while CHECKOUT_EXTENSIONS names analytics, beat, the outbox relay and the HTTP API
-# (127.0.0.1:8000); Flower too once
+# (127.0.0.1:8000, or the port API_PORT names); Flower too once
 # CHECKOUT_FLOWER_USER and CHECKOUT_FLOWER_PASSWORD are set; the metrics exporter with METRICS=1.
 comma := ,
 UP_PROCESSES = order inventory payment shipping \

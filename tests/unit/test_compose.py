@@ -658,7 +658,7 @@ def procfile(environment: Mapping[str, str]) -> dict[str, tuple[dict[str, str], 
     ``environment`` (what `make up` gives honcho: :func:`up_environment`)."""
     found = {}
     for name, line in parse_procfile(PROCFILE.read_text()).processes.items():
-        assigned, tokens = strip_shell(shlex.split(line))
+        assigned, tokens = strip_shell(shlex.split(interpolate(line, environment)))
         try:
             found[name] = (assigned, meaning(tokens, ({**environment, **assigned}).get("CHECKOUT_EXTENSIONS", "")))
         except AssertionError as exc:
@@ -723,9 +723,11 @@ def test_the_procfile_runs_one_worker_per_queue_beat_the_relay_and_the_api(tmp_p
     for wanted in ("beat", "relay", "api", "app.operations.flower", "metrics"):
         if roles[wanted] != 1:
             problems.append(f"Procfile: {roles[wanted]} processes run {wanted} (want 1)")
-    hosts = [f["args"].host for _, f in processes.values() if role(f) == "api"]
-    if hosts and hosts != ["127.0.0.1"]:
-        problems.append(f"Procfile api: --host {hosts[0]} (this host's loopback only, as `make api`)")
+    api = [f["args"] for _, f in processes.values() if role(f) == "api"]
+    if api and (api[0].host, api[0].port) != ("127.0.0.1", 8000):
+        problems.append(f"Procfile api: on {api[0].host}:{api[0].port}, not 127.0.0.1:8000 (as `make api`)")
+    if api and procfile(environment | {"API_PORT": "8123"})["api"][1]["args"].port != 8123:
+        problems.append("Procfile api: --port does not follow API_PORT")
     for name, (assigned, _) in processes.items():
         unknown = sorted(k for k in assigned if k not in SETTINGS_VARIABLES)
         if unknown:
