@@ -75,6 +75,8 @@ def _placing(api: FastAPI, rt: Runtime, limit: RateLimit) -> None:
         status_code=201,
         response_model=schemas.Order,
         responses={
+            400: {"description": "the body is not UTF-8 text, so not JSON; nothing written"},
+            413: {"description": "the body is over CHECKOUT_API_MAX_BODY_BYTES; nothing written"},
             422: {"description": "invalid order (the field in `loc`), or an idempotency key reused for another"},
             429: {"description": "this customer is over CHECKOUT_API_RATE_LIMIT_PER_MINUTE; see Retry-After"},
             503: {"description": "the system is over capacity; nothing written; see Retry-After"},

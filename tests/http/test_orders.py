@@ -240,6 +240,6 @@ def test_health_metrics_and_the_openapi_document(client: httpx.Client) -> None:
     assert {"/orders", "/orders/{order_id}", "/orders/{order_id}/timeline", "/orders/{order_id}/events"} <= set(
         spec["paths"]
     )
-    assert {"201", "422", "429", "503"} <= set(spec["paths"]["/orders"]["post"]["responses"])
+    assert {"201", "400", "413", "422", "429", "503"} <= set(spec["paths"]["/orders"]["post"]["responses"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
