@@ -47,14 +47,15 @@ worker-%: $(STAMP)  ## run one service's worker, e.g. make worker-payment
 	$(BIN)/celery -A workers.$* worker -Q $* -n $*@%h --loglevel=INFO
 
 # `make up` runs these processes of the Procfile: every service worker, the sales analytics
-# worker while CHECKOUT_EXTENSIONS names analytics, beat and the outbox relay; Flower too once
+# worker while CHECKOUT_EXTENSIONS names analytics, beat, the outbox relay and the HTTP API
+# (127.0.0.1:8000, or the port API_PORT names); Flower too once
 # CHECKOUT_FLOWER_USER and CHECKOUT_FLOWER_PASSWORD are set; the metrics exporter with METRICS=1.
 comma := ,
 UP_PROCESSES = order inventory payment shipping \
-	$(if $(filter analytics,$(subst =, ,$(subst $(comma), ,$(CHECKOUT_EXTENSIONS)))),analytics) beat relay \
+	$(if $(filter analytics,$(subst =, ,$(subst $(comma), ,$(CHECKOUT_EXTENSIONS)))),analytics) beat relay api \
 	$(if $(and $(CHECKOUT_FLOWER_USER),$(CHECKOUT_FLOWER_PASSWORD)),flower) $(if $(filter 1 yes true,$(METRICS)),metrics)
 
-up: $(STAMP)  ## run every worker, beat and the relay as separate processes (needs CHECKOUT_BROKER_URL, _DATABASE_URL)
+up: $(STAMP)  ## run every worker, beat, the relay and the HTTP API as separate processes (needs CHECKOUT_BROKER_URL, _DATABASE_URL)
 	@case "$${CHECKOUT_BROKER_URL:-memory://}" in memory://*) \
 	  echo "make up: set CHECKOUT_BROKER_URL to the Redis or RabbitMQ to use, e.g. redis://127.0.0.1:6379/0 -" \
 	    "the embedded memory:// broker lives inside one process, so separate processes cannot share it" \

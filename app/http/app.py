@@ -86,6 +86,7 @@ def _placing(api: FastAPI, rt: Runtime, limit: RateLimit) -> None:
         response_model=schemas.Order,
         responses={
             **schemas.UNREADABLE_BODY,
+            413: {"description": "the body is over CHECKOUT_API_MAX_BODY_BYTES; nothing written"},
             422: {"description": "invalid order (the field in `loc`), or an idempotency key reused for another"},
             429: {"description": "this customer is over CHECKOUT_API_RATE_LIMIT_PER_MINUTE; see Retry-After"},
             503: {"description": "the system is over capacity; nothing written; see Retry-After"},

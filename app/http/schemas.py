@@ -16,7 +16,9 @@ from app.persistence.deadletters import DeadLetter
 from app.services.order import OrderView, TimelineEntry
 
 #: What a route taking a JSON body may answer when the body is not text (FastAPI's 400).
-UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not UTF-8 text"}}
+UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not UTF-8 text, so not JSON; nothing written"}
+}
 
 
 class OrderRequest(BaseModel):

@@ -1,11 +1,12 @@
 """``make up`` as an operator runs it, on Redis and PostgreSQL: the four workers, the sales
-analytics extension's worker, beat and the outbox relay as separate processes under honcho,
-orders placed, then Ctrl-C.
+analytics extension's worker, beat, the outbox relay and the HTTP API as separate processes
+under honcho, orders placed, then Ctrl-C.
 
 ``make up`` itself is run (not the honcho command it wraps), in its own process group as a
 terminal's foreground job would be, against this test's Redis key prefix and database, with
-CHECKOUT_EXTENSIONS=analytics, so ``make up`` also starts the sales analytics worker. The test
-waits until every worker and beat answer a ping,
+CHECKOUT_EXTENSIONS=analytics, so ``make up`` also starts the sales analytics worker, and
+API_PORT set to a free port. The test waits until every worker and beat answer a ping and
+the HTTP API's /health sees them all,
 places orders — one of them while the broker is unreachable from the placing process, so
 that only the relay process can send its ``OrderPlaced`` (the workers leave their outboxes
 to it) — and waits until all of them are terminal and analytics has recorded how each
@@ -31,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -39,10 +41,10 @@ from app.api import System, validate_order
 from app.bootstrap import Runtime
 from config.settings import SERVICES, Settings
 from tests.conftest import wait_until
-from tests.support.cluster import BrokerNamespace, live_group_members
+from tests.support.cluster import BrokerNamespace, free_port, live_group_members
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = (*SERVICES, "analytics", "beat", "relay")
+PROCESSES = (*SERVICES, "analytics", "beat", "relay", "api")
 WORKERS = (*SERVICES, "analytics")
 TERMINAL = {"COMPLETED", "CANCELLED", "NEEDS_ATTENTION"}
 START_TIMEOUT = 120.0
@@ -120,6 +122,16 @@ def make_up(env: dict[str, str], log_path: Path, marker: str) -> Iterator[subpro
         proc.wait(timeout=10)
 
 
+def api_health(port: int) -> Any:
+    """The HTTP API's /health as JSON once it answers 200 (None before: not listening yet,
+    or a check still failing)."""
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    except httpx.TransportError:
+        return None
+    return answer.json() if answer.status_code == 200 else None
+
+
 def place(system: System, customer: str, token: str = "tok_ok") -> str:
     order_id, created = system.runtime.order.place(
         validate_order(customer, items=[{"sku": "MUG-01", "qty": 1}], payment_token=token)
@@ -160,6 +172,7 @@ def test_make_up_runs_every_process_with_prefixed_logs_and_stops_them_all_on_ctr
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     env = {k: v for k, v in process_env.items() if not k.startswith(("MAKE", "MFLAGS")) and k != "METRICS"}
+    env["API_PORT"] = str(free_port())
     marker = f"CHECKOUT_NAMESPACE={broker.namespace}"
     assert env.get("CHECKOUT_NAMESPACE") == broker.namespace and not carrying(marker)
     assert env.get("CHECKOUT_EXTENSIONS") == "analytics"
@@ -186,6 +199,14 @@ def test_make_up_runs_every_process_with_prefixed_logs_and_stops_them_all_on_ctr
         wait_until(
             all_answer, timeout=START_TIMEOUT, interval=0.2, what=f"{sorted(nodes)} to answer a ping", diagnostics=tail
         )
+        health = wait_until(
+            lambda: api_health(int(env["API_PORT"])),
+            timeout=START_TIMEOUT,
+            interval=0.2,
+            what="the HTTP API to answer /health",
+            diagnostics=tail,
+        )
+        assert health["ok"] and {c["name"] for c in health["checks"]} >= {f"worker {w}" for w in WORKERS}, health
 
         # Orders: some sent by this process after their commit, one only the relay can send.
         expected = {

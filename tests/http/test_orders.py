@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from app.api import System
 from app.services.order import orders
 from tests.conftest import wait_until
+from tests.support.http import status_events
 
 MUG = [{"sku": "MUG-01", "qty": 1}]
 
@@ -206,20 +207,6 @@ def test_the_timeline_as_json_and_as_mermaid(client: httpx.Client) -> None:
     assert client.get(f"/orders/{order_id}/timeline", params={"format": "svg"}).status_code == 422
 
 
-def status_events(client: httpx.Client, order_id: str) -> list[dict[str, Any]]:
-    """Read the order's event stream until the server ends it; the ``status`` events' data."""
-    seen: list[dict[str, Any]] = []
-    with client.stream("GET", f"/orders/{order_id}/events") as stream:
-        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                kind = line.removeprefix("event:").strip()
-            elif line.startswith("data:") and kind == "status":
-                seen.append(json.loads(line.removeprefix("data:")))
-    return seen
-
-
 @pytest.mark.parametrize(
     ("token", "outcome"), [("tok_flaky", ("COMPLETED", None)), ("tok_declined", ("CANCELLED", "card_declined"))]
 )
@@ -253,6 +240,6 @@ def test_health_metrics_and_the_openapi_document(client: httpx.Client) -> None:
     assert {"/orders", "/orders/{order_id}", "/orders/{order_id}/timeline", "/orders/{order_id}/events"} <= set(
         spec["paths"]
     )
-    assert {"201", "422", "429", "503"} <= set(spec["paths"]["/orders"]["post"]["responses"])
+    assert {"201", "400", "413", "422", "429", "503"} <= set(spec["paths"]["/orders"]["post"]["responses"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -7,9 +7,10 @@ real ``celery`` option and a real ``python -m app`` subcommand; every CHECKOUT_*
 set must be a setting, and the values must pass the settings' own validation; every process
 must name the same extensions (CHECKOUT_EXTENSIONS), and every queue of the settings the
 files give — the services', then each extension's — must have exactly one worker; beat, the
-outbox relay and Flower must be there; every service needs a healthcheck; every
-interpolated variable must come from .env.example, and no password may be written in the
-files. Failures name the service and the variable or argument at fault.
+outbox relay, the HTTP API (on every interface of its container, published on the host's
+loopback only; on 127.0.0.1 under `make up`) and Flower must be there; every service needs
+a healthcheck; every interpolated variable must come from .env.example, and no password may
+be written in the files. Failures name the service and the variable or argument at fault.
 """
 
 from __future__ import annotations
@@ -512,10 +513,23 @@ def test_the_queue_checks_follow_the_extensions_the_environment_names(
 
 
 @FILES
-def test_beat_the_relay_flower_and_the_metrics_exporter_run_once_each(path: Path) -> None:
+def test_beat_the_relay_the_api_flower_and_the_metrics_exporter_run_once_each(path: Path) -> None:
     roles = Counter(role(f) for f in commands(compose(path)).values())
-    for wanted in ("beat", "relay", "app.operations.flower", "metrics"):
+    for wanted in ("beat", "relay", "api", "app.operations.flower", "metrics"):
         assert roles[wanted] == 1, f"{roles[wanted]} services run {wanted} (want 1); roles: {dict(roles)}"
+
+
+@FILES
+def test_the_api_listens_in_its_container_published_on_this_hosts_loopback_only(path: Path) -> None:
+    data = compose(path)
+    (name,) = [n for n, f in commands(data).items() if role(f) == "api"]
+    svc, args = data["services"][name], commands(data)[name]["args"]
+    assert args.host == "0.0.0.0", f"service {name}: --host {args.host} (127.0.0.1 is unreachable from the host)"
+    assert svc.get("ports") == [f"127.0.0.1:{args.port}:{args.port}"], f"service {name}: ports {svc.get('ports')}"
+    kind, tokens = healthcheck_argv(svc)
+    assert kind == "CMD" and f"http://127.0.0.1:{args.port}/health" in " ".join(tokens), tokens
+    token = svc["environment"].get("CHECKOUT_API_TOKEN", "")
+    assert token.startswith("${CHECKOUT_API_TOKEN:?"), f"service {name}: CHECKOUT_API_TOKEN is {token!r}"
 
 
 @FILES
@@ -644,7 +658,7 @@ def procfile(environment: Mapping[str, str]) -> dict[str, tuple[dict[str, str], 
     ``environment`` (what `make up` gives honcho: :func:`up_environment`)."""
     found = {}
     for name, line in parse_procfile(PROCFILE.read_text()).processes.items():
-        assigned, tokens = strip_shell(shlex.split(line))
+        assigned, tokens = strip_shell(shlex.split(interpolate(line, environment)))
         try:
             found[name] = (assigned, meaning(tokens, ({**environment, **assigned}).get("CHECKOUT_EXTENSIONS", "")))
         except AssertionError as exc:
@@ -689,7 +703,7 @@ def up_settings(environment: Mapping[str, str]) -> dict[str, Settings]:
 
 
 @pytest.mark.timeout(120)
-def test_the_procfile_runs_one_worker_per_queue_beat_and_the_relay(tmp_path: Path) -> None:
+def test_the_procfile_runs_one_worker_per_queue_beat_the_relay_and_the_api(tmp_path: Path) -> None:
     environment = up_environment(SERVERS | ANALYTICS, tmp_path)
     processes = procfile(environment)
     queues = system_queues(up_settings(environment))
@@ -706,9 +720,14 @@ def test_the_procfile_runs_one_worker_per_queue_beat_and_the_relay(tmp_path: Pat
             "of the CHECKOUT_EXTENSIONS `make up` gives)"
         )
     roles = Counter(role(f) for _, f in processes.values())
-    for wanted in ("beat", "relay", "app.operations.flower", "metrics"):
+    for wanted in ("beat", "relay", "api", "app.operations.flower", "metrics"):
         if roles[wanted] != 1:
             problems.append(f"Procfile: {roles[wanted]} processes run {wanted} (want 1)")
+    api = [f["args"] for _, f in processes.values() if role(f) == "api"]
+    if api and (api[0].host, api[0].port) != ("127.0.0.1", 8000):
+        problems.append(f"Procfile api: on {api[0].host}:{api[0].port}, not 127.0.0.1:8000 (as `make api`)")
+    if api and procfile(environment | {"API_PORT": "8123"})["api"][1]["args"].port != 8123:
+        problems.append("Procfile api: --port does not follow API_PORT")
     for name, (assigned, _) in processes.items():
         unknown = sorted(k for k in assigned if k not in SETTINGS_VARIABLES)
         if unknown:
@@ -737,17 +756,18 @@ def up_processes(env: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.timeout(120)
-def test_make_up_starts_the_workers_beat_and_relay_and_flower_or_metrics_when_asked(tmp_path: Path) -> None:
+def test_make_up_starts_the_workers_beat_the_relay_the_api_and_flower_or_metrics_when_asked(tmp_path: Path) -> None:
     servers = SERVERS | ANALYTICS
     environment = up_environment(servers, tmp_path)
     assert set(procfile(environment)) >= {"flower", "metrics"}
     queues = system_queues(up_settings(environment))
     assert "analytics" in queues, f"make up runs the queues {queues}, without sales analytics (CHECKOUT_EXTENSIONS)"
-    core = [*queues, "beat", "relay"]
+    core = [*queues, "beat", "relay", "api"]
     assert up_processes(servers) == core
     # The analytics worker runs while CHECKOUT_EXTENSIONS names analytics, and only then.
-    assert up_processes(SERVERS) == [*SERVICES, "beat", "relay"]
-    assert up_processes(SERVERS | {"CHECKOUT_EXTENSIONS": "notifications=pkg.mod:ext"}) == [*SERVICES, "beat", "relay"]
+    without_analytics = [*SERVICES, "beat", "relay", "api"]
+    assert up_processes(SERVERS) == without_analytics
+    assert up_processes(SERVERS | {"CHECKOUT_EXTENSIONS": "notifications=pkg.mod:ext"}) == without_analytics
     assert up_processes(SERVERS | {"CHECKOUT_EXTENSIONS": "notifications=pkg.mod:ext, analytics"}) == core
     flower = {"CHECKOUT_FLOWER_USER": "ops", "CHECKOUT_FLOWER_PASSWORD": secrets.token_hex(8)}
     assert up_processes(servers | flower) == [*core, "flower"]
