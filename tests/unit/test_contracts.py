@@ -215,6 +215,26 @@ def test_the_command_line_exports_then_checks(tmp_path: Path, capsys: pytest.Cap
     shown = capsys.readouterr()
     assert shown.err == "breaking: event OrderCompleted v1: field currency: new required field\n"
 
+    committed.write_text(contracts().files()["events/OrderCompleted.v1.json"])  # as exported again
+    cancelled = tmp_path / "events" / "OrderCancelled.v1.json"
+    schema = json.loads(cancelled.read_text())
+    schema["properties"]["reason"]["maxLength"] = 16
+    cancelled.write_text(json.dumps(schema))
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == (
+        "compatible: event OrderCancelled v1: field reason: maxLength raised from 16 to 32\n"
+        f"contracts under {tmp_path}: compatible with the code; export to record the changes\n"
+    )
+
+    gone = tmp_path / "events" / "OrderCompleted.v0.json"
+    gone.write_text(committed.read_text())
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
+    assert "breaking: event OrderCompleted v0: version removed" in capsys.readouterr().err
+    assert main(["schemas", "export", "--dir", str(tmp_path)]) == 0
+    assert not gone.exists()
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+
     committed.write_text("{not json")
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
     error = capsys.readouterr().err

@@ -93,7 +93,7 @@ BODY_MODEL = "body_model"
 
 def takes(model: type[BaseModel], run: Callable[..., Any]) -> Callable[..., Any]:
     """``run``, marked as taking a message body that fits ``model``."""
-    run.body_model = model  # type: ignore[attr-defined]
+    setattr(run, BODY_MODEL, model)
     return run
 
 
