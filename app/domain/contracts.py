@@ -91,7 +91,7 @@ def _walk(old: Schema, new: Schema, path: str) -> Iterator[Change]:
     elif new_null and not old_null:
         yield Change(path, "now nullable", False)
     old_types, new_types = _types(old), _types(new)
-    if old_types != new_types or old.get("anyOf") != new.get("anyOf"):
+    if old_types != new_types or _strip(old.get("anyOf")) != _strip(new.get("anyOf")):
         widened = bool(old_types) and old_types < new_types and "anyOf" not in old and "anyOf" not in new
         was, now = _type_name(old), _type_name(new)
         yield Change(path, f"type {'widened' if widened else 'changed'} from {was} to {now}", not widened)

@@ -199,6 +199,25 @@ def test_compare_resolves_refs_in_pydantic_schemas() -> None:
     assert compare(OrderPlaced.model_json_schema(), fewer.model_json_schema()) == [removed]
 
 
+NULLABLE = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
+STRING, CLOSED = {"type": "string"}, {"type": "object", "additionalProperties": False}
+EITHER = {"type": ["integer", "string"]}
+
+PLAIN = [
+    (NULLABLE, STRING, Change("", "no longer nullable", True)),
+    (STRING, NULLABLE, Change("", "now nullable", False)),
+    ({"type": "object"}, CLOSED, Change("", "unknown fields now refused", True)),
+    ({"type": "integer"}, EITHER, Change("", "type widened from integer to integer/string", False)),
+    (STRING, {**STRING, "format": "date-time"}, Change("", "format changed from None to 'date-time'", True)),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "change"), PLAIN)
+def test_compare_on_plain_schemas(old: dict[str, Any], new: dict[str, Any], change: Change) -> None:
+    assert compare(old, new) == [change]
+    assert compare(new, new) == []
+
+
 def test_the_command_line_exports_then_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schemas", "export", "--dir", str(tmp_path)]) == 0
     files = len(contracts().files())
