@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install chromium demo api test soak test-fast lint bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
+.PHONY: help install chromium demo api test soak test-fast lint schemas bench worker-order worker-inventory worker-payment worker-shipping up flower metrics clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -37,8 +37,12 @@ soak: $(STAMP)  ## the fault and overload runs for SOAK_SECONDS each (default 60
 test-fast: $(STAMP)  ## unit and in-process integration tests only (no servers needed)
 	$(BIN)/python -m pytest -m "not brokers"
 
-lint: $(STAMP)  ## architecture contracts (import-linter)
+lint: $(STAMP)  ## architecture contracts (import-linter) and the message contracts (python -m app schemas check)
 	$(BIN)/lint-imports
+	$(BIN)/python -m app schemas check
+
+schemas: $(STAMP)  ## write the message contracts (JSON Schemas) under contracts/ from the code
+	$(BIN)/python -m app schemas export
 
 bench: $(STAMP)  ## measure sagas/sec of both saga modes against a raw-Celery baseline (writes bench/REPORT.md)
 	$(BIN)/python -m bench.run

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from app.cli import analytics, db, dlq, events, http, ops, orders, place, replay, run, settings
+from app.cli import analytics, db, dlq, events, http, ops, orders, place, replay, run, schemas, settings
 from app.cli.output import interactive
 from app.messaging.telemetry import use_log_format
 
@@ -36,7 +36,7 @@ broker, one worker thread pool per service, and a SQLite file under ./var.
 """
 
 #: The command modules, in the order ``--help`` lists their commands.
-MODULES = (run, place, http, orders, dlq, ops, db, replay, analytics, events, settings)
+MODULES = (run, place, http, orders, dlq, ops, db, replay, analytics, events, schemas, settings)
 
 Command = TyperCommand | TyperGroup
 

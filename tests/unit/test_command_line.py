@@ -42,7 +42,7 @@ def test_the_tree_has_every_command() -> None:
         "orders show", "orders list", "orders attention", "orders retry",
         "dlq list", "dlq show", "dlq redrive", "dlq purge",
         "db init", "db upgrade", "db current", "db history",
-        "events graph", "events check",
+        "events graph", "events check", "schemas export", "schemas check",
     }  # fmt: skip
 
 

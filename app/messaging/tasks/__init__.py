@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from celery import Celery
 from pydantic import BaseModel, Field
 
+from app.domain.commands import CancelOrder, CompensateOrder, ParkOrder
 from app.domain.events import Envelope
 from app.domain.saga import Saga
+from app.domain.subscriptions import SUBSCRIPTIONS, choreography_table
 from app.extensions import Extension
 from app.messaging.publisher import CeleryPublisher
 from app.messaging.tasks import extensions, inventory, order, payment, shipping
@@ -59,6 +61,7 @@ __all__ = [
     "_headers",
     "backoff",
     "register_tasks",
+    "task_bodies",
 ]
 
 
@@ -99,6 +102,29 @@ def register_tasks(app: Celery, deps: Collaborators) -> None:
     extensions.register(kit, deps.extensions.values(), deps.databases)
     for service in SERVICES:
         kit.define(f"{service}.republish", kit.persistent(Republish, _republisher(deps, service)), ignore_result=True)
+
+
+def task_bodies(saga: Saga) -> dict[str, type[BaseModel]]:
+    """The model each service task's one argument fits — its message body's contract — by
+    task name, for the tasks :func:`register_tasks` defines from ``saga`` (every step's,
+    compensation's and reaction's), the subscription tables (event consumers take an
+    envelope) and the order's own moves. ``tests/unit/test_contracts.py`` checks that it
+    names what the registered tasks parse."""
+    bodies: dict[str, type[BaseModel]] = {}
+    for step in saga.steps:
+        bodies[step.task] = step.command
+        if step.reaction is not None:
+            bodies[step.reaction] = Envelope
+        if step.compensation is not None:
+            bodies[step.compensation.task] = step.compensation.command
+    for table in (SUBSCRIPTIONS, choreography_table(saga)):
+        for consumers in table.values():
+            bodies.update(dict.fromkeys(consumers, Envelope))
+    bodies[saga.compensate_task] = CompensateOrder
+    bodies[saga.cancel_task] = CancelOrder
+    bodies["order.park"] = ParkOrder
+    bodies.update({f"{service}.republish": Republish for service in SERVICES})
+    return dict(sorted(bodies.items()))
 
 
 def _republisher(deps: Collaborators, service: str) -> Callable[[Republish, str], int]:

@@ -10,7 +10,7 @@ from celery import Task
 
 from app.domain.events import Envelope
 from app.extensions import Extension, NotSubscribed
-from app.messaging.tasks.kit import TRANSIENT, TaskKit
+from app.messaging.tasks.kit import TRANSIENT, TaskKit, takes
 from app.persistence.db import Database
 
 
@@ -29,4 +29,4 @@ def _receiver(kit: TaskKit, ext: Extension, db: Database) -> Callable[..., Any]:
         except TRANSIENT as exc:
             kit.retry_or_dead_letter(task, body, exc, persistent=True, give_up=lambda _reason: None)
 
-    return run
+    return takes(Envelope, run)

@@ -87,6 +87,16 @@ class GivesUp(Protocol):
     def give_up(self, order_id: str, step: str, reason: str, causation_id: str | None = None) -> StepRecord: ...
 
 
+#: The attribute of a task, and of the function it runs, naming the model its message body fits.
+BODY_MODEL = "body_model"
+
+
+def takes(model: type[BaseModel], run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run``, marked as taking a message body that fits ``model``."""
+    setattr(run, BODY_MODEL, model)
+    return run
+
+
 def backoff(retries: int, base: float, cap: float) -> float:
     """Exponential backoff with equal jitter: half the delay fixed, half random."""
     delay = min(cap, base * (2**retries))
@@ -161,7 +171,9 @@ class TaskKit:
 
         functools.update_wrapper(guarded, fn)
         guarded.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]  # Celery checks arguments by it
-        options = {"ignore_result": True} if ignore_result else {}
+        options: dict[str, Any] = {"ignore_result": True} if ignore_result else {}
+        # the model its one argument must fit, on the task: its message body's contract
+        options[BODY_MODEL] = getattr(fn, BODY_MODEL, None)
         self.app.task(name=name, bind=True, shared=False, throws=(StepFailed,), **options)(guarded)
 
     def dead_letter(self, task: Task, body: Any, reason: str, exc: BaseException) -> NoReturn:
@@ -268,7 +280,7 @@ class TaskKit:
                 raise StepFailed(step, record.reason or str(record.outcome))
             return {"order_id": cmd.order_id, "step": step, "outcome": record.outcome}
 
-        return run
+        return takes(command, run)
 
     def persistent(self, model: type[BaseModel], handle: Handler, *, step: str | None = None) -> Callable[..., Any]:
         """A task that retries long; a compensation (``step`` given) that still cannot
@@ -293,7 +305,7 @@ class TaskKit:
                     self.retry_or_dead_letter(task, body, exc, persistent=True, give_up=park)
             return result.outcome if isinstance(result, StepRecord) else result
 
-        return run
+        return takes(model, run)
 
     def reaction(
         self,
@@ -322,4 +334,4 @@ class TaskKit:
                 return None
             return {"order_id": env.key, "step": step, "outcome": record.outcome}
 
-        return run
+        return takes(Envelope, run)
