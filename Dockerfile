@@ -5,6 +5,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY app ./app
 COPY config ./config
 COPY workers ./workers
+COPY contracts ./contracts
 RUN useradd --create-home checkout
 USER checkout
 ENV PYTHONUNBUFFERED=1
