@@ -88,6 +88,10 @@ def test_a_dead_letter_is_redriven_from_its_page_only_once_its_preview_is_confir
     expect(page.locator("#redrive")).to_have_count(0)
     assert status_of(embedded, letter.id) == REDRIVEN
 
+    missing = page.goto(f"{base_url}/console/dead-letters/no-such-letter")
+    assert missing is not None and missing.status == 404
+    expect(page.locator("#not-found")).to_contain_text("no dead letter with id 'no-such-letter'")
+
 
 def test_a_stale_bulk_redrive_shows_the_new_preview(
     page: Page, base_url: str, client: httpx.Client, embedded: System, artifacts: Path
@@ -121,7 +125,7 @@ def test_a_stale_bulk_redrive_shows_the_new_preview(
 
 
 def test_a_parked_saga_is_retried_from_the_parked_page_through_its_preview(
-    page: Page, client: httpx.Client, base_url: str, embedded: System, monkeypatch: pytest.MonkeyPatch
+    page: Page, client: httpx.Client, base_url: str, embedded: System, monkeypatch: pytest.MonkeyPatch, artifacts: Path
 ) -> None:
     rt = embedded.runtime
     real_void = rt.payment.void
@@ -133,12 +137,18 @@ def test_a_parked_saga_is_retried_from_the_parked_page_through_its_preview(
     page.goto(f"{base_url}/console/parked")
     row = page.locator(f'#parked tr[data-order="{order_id}"]')
     expect(row).to_contain_text("void_payment: payment_unavailable")
-    row.get_by_role("button", name="Retry").click()
     preview = page.locator("#retry-preview")
+    page.locator("#retry-all").click()  # every parked saga: this one among them
+    expect(preview.locator(f'h3[data-order="{order_id}"]')).to_be_visible()
+    expect(preview.locator('input[name="order_id"]')).to_have_count(0)  # its Confirm names none: all
+
+    row.get_by_role("button", name="Retry").click()
+    expect(preview.locator('input[name="order_id"]')).to_have_value(order_id)  # this one alone now
     expect(preview.locator(f'h3[data-order="{order_id}"]')).to_be_visible()
     expect(preview.locator(f'tr.calls-external[data-letter="{letter.id}"] .external')).to_have_text(PAYMENT_GATEWAY)
     assert order_status(client, order_id) == "NEEDS_ATTENTION"  # the preview did nothing
     assert status_of(embedded, letter.id) == DEAD
+    screenshot(page, artifacts, "parked-preview")
 
     monkeypatch.setattr(rt.payment, "void", real_void)  # the cause is fixed
     page.locator("#confirm").click()
