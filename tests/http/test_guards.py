@@ -184,8 +184,12 @@ def test_the_consoles_sign_in_cookie_opens_the_console_only_and_only_from_its_ow
         assert http.get("/console/dead-letters").status_code == 200
         assert http.get("/dead-letters").status_code == 401
         nobody = {"order_id": f"nobody-{uuid.uuid4().hex}"}
-        own_page = http.post("/console/dead-letters/redrive", data=nobody, headers={"Origin": url})
+        htmx = {"Origin": url, "HX-Request": "true"}
+        own_page = http.post("/console/dead-letters/redrive", data=nobody, headers=htmx)
         assert own_page.status_code == 200 and "nothing to redrive" in own_page.text, own_page.text
+        assert "<nav>" not in own_page.text  # htmx's partial ...
+        plain = http.post("/console/dead-letters/redrive", data=nobody, headers={"Origin": url})
+        assert plain.status_code == 200 and "nothing to redrive" in plain.text and "<nav>" in plain.text  # ... a page
         for headers in ({}, {"Origin": "http://elsewhere.example"}, {"Origin": "null"}):
             forged = http.post("/console/dead-letters/redrive", data=nobody, headers=headers)
             assert forged.status_code == 403, (headers, forged.text)

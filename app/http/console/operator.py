@@ -10,6 +10,7 @@ call :class:`BulkOps` and render what it answers (as the JSON endpoints' schemas
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
 from collections.abc import Callable
+from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Annotated, Any, Literal, get_args
 
@@ -23,8 +24,21 @@ from app.http import schemas
 from app.http.console.render import field, form, page
 from app.operations.bulk import BulkOps, LetterFilter, StalePreview, external_system
 
+
+@dataclass(frozen=True)
+class Listing:
+    """One of the operator's pages: its key in the navigation, its title, its path."""
+
+    key: str
+    title: str
+    path: str
+
+
+DEAD_LETTERS = Listing("dead_letters", "Dead letters", "/console/dead-letters")
+PARKED = Listing("parked", "Parked", "/console/parked")
+
 #: The console's pages CHECKOUT_OPERATOR_TOKEN guards (as it guards the operator's endpoints).
-OPERATOR_PAGES = ("/console/dead-letters", "/console/parked")
+OPERATOR_PAGES = (DEAD_LETTERS.path, PARKED.path)
 
 #: What a page's lists listen for to read themselves again after an act.
 ACTED = {"HX-Trigger": "operator-acted"}
@@ -90,6 +104,7 @@ def _dead_letters(router: APIRouter, bulk: BulkOps) -> None:
         selection = LetterFilter(**{name: field(fields, name) for name in FILTER_FIELDS})
         return await preview_or_act(
             request,
+            DEAD_LETTERS,
             "_redrive.html",
             field(fields, "confirm"),
             lambda: bulk.preview_redrive(selection),
@@ -115,6 +130,7 @@ def _parked(router: APIRouter, bulk: BulkOps) -> None:
         order_ids = [each for each in fields.get("order_id", []) if each.strip()] or None
         return await preview_or_act(
             request,
+            PARKED,
             "_retry.html",
             field(fields, "confirm"),
             lambda: bulk.preview_retry(order_ids),
@@ -125,6 +141,7 @@ def _parked(router: APIRouter, bulk: BulkOps) -> None:
 
 async def preview_or_act(
     request: Request,
+    listing: Listing,
     template: str,
     confirm: str | None,
     preview: Callable[[], Any],
@@ -132,11 +149,16 @@ async def preview_or_act(
     shown: Callable[[Any], BaseModel],
 ) -> HTMLResponse:
     """``template`` with the preview (``shown`` as the JSON endpoints put it) when there is
-    no ``confirm``; with it, the act's result — or, the token stale, the new preview and why."""
+    no ``confirm``; with it, the act's result — or, the token stale, the new preview and why.
+    htmx swaps the partial into its page; a plain form's post gets it in a page of its own."""
     if confirm is None:
-        return page(request, template, preview=shown(await run_in_threadpool(preview)))
-    try:
-        done = await run_in_threadpool(act, confirm)
-    except StalePreview as exc:
-        return page(request, template, preview=shown(exc.preview), stale=str(exc))
-    return page(request, template, headers=ACTED, done=done)
+        context: dict[str, Any] = {"preview": shown(await run_in_threadpool(preview))}
+    else:
+        try:
+            context = {"done": await run_in_threadpool(act, confirm)}
+        except StalePreview as exc:
+            context = {"preview": shown(exc.preview), "stale": str(exc)}
+    headers = ACTED if "done" in context else None
+    if "hx-request" in request.headers:
+        return page(request, template, headers=headers, **context)
+    return page(request, "acted.html", headers=headers, partial=template, listing=listing, **context)
