@@ -78,8 +78,12 @@ def set_sign_in_cookies(response: Response, locks: Iterable[Lock], token: str, *
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after signing in: a path of this site (anything else is ``/``)."""
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+    """Where to go after signing in: a path of this site (anything else is ``/``). A browser
+    drops tabs and newlines from a URL and reads ``\\`` as ``/``, so a path with either could
+    become ``//elsewhere``: it is refused too."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
         return "/"
     return target
 

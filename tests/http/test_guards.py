@@ -176,6 +176,9 @@ def test_the_consoles_sign_in_cookie_opens_the_console_only_and_only_from_its_ow
         cookie = signed.headers["set-cookie"]
         assert cookie.startswith("console_api=") and TOKEN not in cookie
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # http, not https
+        for elsewhere in ("/\t/elsewhere.example/", "/\\elsewhere.example/", "https://elsewhere.example/"):
+            again = http.post("/console/sign-in", data={"token": TOKEN, "next": elsewhere})
+            assert again.headers["location"] == "/", elsewhere
         assert http.get("/").status_code == 200
         assert http.get("/orders").status_code == 401  # the JSON API still needs the bearer header
         assert http.get("/console/dead-letters").status_code == 401  # the operator's pages need its token
