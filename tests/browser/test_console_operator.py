@@ -165,7 +165,7 @@ def sign_in(page: Page, token: str) -> None:
 
 
 def test_with_tokens_set_a_browser_signs_in_and_each_token_opens_its_own_pages(
-    browser: BrowserContext, page: Page, embedded: System
+    browser: BrowserContext, page: Page, embedded: System, artifacts: Path
 ) -> None:
     browser.clear_cookies()
     with served(create_app(embedded, token="api-secret", operator_token="op-secret")) as url:
@@ -173,6 +173,7 @@ def test_with_tokens_set_a_browser_signs_in_and_each_token_opens_its_own_pages(
         expect(page).to_have_url(re.compile(r"/console/sign-in\?next=%2F&needs=CHECKOUT_API_TOKEN$"))
         sign_in(page, "wrong")
         expect(page.locator("#refused")).to_have_text("That token opens nothing here.")
+        screenshot(page, artifacts, "sign-in")
         sign_in(page, "api-secret")
         expect(page).to_have_url(f"{url}/")
         expect(page.locator("h1")).to_have_text("Orders")
