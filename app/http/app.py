@@ -59,7 +59,8 @@ def create_app(
         operator_token = settings.operator_token.get_secret_value()
     locks = {"": Lock(token, "CHECKOUT_API_TOKEN")} if token else {}
     if operator_token:
-        locks.update({prefix: Lock(operator_token, "CHECKOUT_OPERATOR_TOKEN") for prefix in OPERATOR_PATHS})
+        operator_lock = Lock(operator_token, "CHECKOUT_OPERATOR_TOKEN")
+        locks.update({prefix: operator_lock for prefix in (*OPERATOR_PATHS, *console.OPERATOR_PAGES)})
     limit = RateLimit(settings.api_rate_limit_per_minute if rate_limit_per_minute is None else rate_limit_per_minute)
     api = FastAPI(
         title="Checkout Saga",
@@ -75,7 +76,7 @@ def create_app(
     _reading(api, rt)
     _operating(api, rt)
     operator.register(api, rt, guarded=bool(locks))
-    console.mount(api, rt)
+    console.mount(api, rt, set(locks.values()))
     return api
 
 

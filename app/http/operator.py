@@ -99,8 +99,7 @@ def _dead_letters(api: FastAPI, ops: DeadLetterOps, bulk: BulkOps, unauthorized:
     ) -> schemas.DeadLetterList:
         """Dead letters, oldest first (those still DEAD unless ``status`` says otherwise)."""
         selection = LetterFilter(queue=queue, task=task, order_id=order, reason=reason)
-        found = ops.store.find(status=None if status == "ALL" else status, order_id=order)
-        letters = [d for d in found if selection.matches(d)][:limit]
+        letters = bulk.find(selection, None if status == "ALL" else status)[:limit]
         return schemas.DeadLetterList(dead_letters=[schemas.DeadLetterItem.model_validate(d) for d in letters])
 
     @api.post(
@@ -113,7 +112,7 @@ def _dead_letters(api: FastAPI, ops: DeadLetterOps, bulk: BulkOps, unauthorized:
         """Without ``confirm``: the preview of sending again every DEAD letter the filter
         picks — each one's task and whether it calls the payment gateway or the carrier —
         with its ``token``; nothing is sent. With ``confirm: <token>``: send them, retries reset."""
-        selection = LetterFilter(queue=body.queue, task=body.task, order_id=body.order_id, reason=body.reason)
+        selection = LetterFilter(**body.model_dump(exclude={"confirm"}))
         return preview_or_act(
             body.confirm,
             lambda: schemas.redrive_preview(bulk.preview_redrive(selection)),

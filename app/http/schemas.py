@@ -236,6 +236,7 @@ class LetterFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    letter_id: str | None = Field(None, max_length=64, description="this dead letter (its whole id)")
     queue: str | None = Field(None, max_length=64)
     task: str | None = Field(None, max_length=128)
     order_id: str | None = Field(None, max_length=64)

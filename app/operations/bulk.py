@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.domain.errors import NotParked, OrderNotFound
 from app.operations.dlq import DeadLetterOps, unsendable
-from app.persistence.deadletters import DeadLetter
+from app.persistence.deadletters import DEAD, DeadLetter
 
 if TYPE_CHECKING:
     from app.operations.system import System
@@ -56,9 +56,11 @@ def external_system(task: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class LetterFilter:
-    """Which dead letters: each field given must match (queue, task and order exactly,
-    ``reason`` as a case-insensitive part of the reason); none given selects every one."""
+    """Which dead letters: each field given must match (the letter's id, queue, task and
+    order exactly, ``reason`` as a case-insensitive part of the reason); none given selects
+    every one."""
 
+    letter_id: str | None = None
     queue: str | None = None
     task: str | None = None
     order_id: str | None = None
@@ -66,7 +68,8 @@ class LetterFilter:
 
     def matches(self, letter: DeadLetter) -> bool:
         return (
-            (self.queue is None or letter.queue == self.queue)
+            (self.letter_id is None or letter.id == self.letter_id)
+            and (self.queue is None or letter.queue == self.queue)
             and (self.task is None or letter.task == self.task)
             and (self.order_id is None or letter.order_id == self.order_id)
             and (self.reason is None or self.reason.casefold() in letter.reason.casefold())
@@ -151,9 +154,14 @@ class BulkOps:
         self.rt = rt
         self.dlq = DeadLetterOps(rt)
 
+    def find(self, selection: LetterFilter, status: str | None = DEAD) -> list[DeadLetter]:
+        """The dead letters in ``status`` (None: any) ``selection`` picks, oldest first."""
+        found = self.dlq.store.find(status=status, order_id=selection.order_id)
+        return [d for d in found if selection.matches(d)]
+
     def preview_redrive(self, selection: LetterFilter) -> RedrivePreview:
         """The dead letters (still DEAD) ``selection`` picks, oldest first; nothing is sent."""
-        letters = tuple(Resend.of(d) for d in self.dlq.letters() if selection.matches(d))
+        letters = tuple(Resend.of(d) for d in self.find(selection))
         return RedrivePreview(selection, letters, _token("redrive", asdict(selection), letters))
 
     def redrive(self, selection: LetterFilter, token: str) -> Redrove:

@@ -4,13 +4,14 @@ its compensation; an order's page draws its timeline and follows its saga to the
 unknown order is a 404 page; the saga's event graph is drawn in the configured mode; the
 auditor's verdict is shown live.
 
-The screenshots of ``/`` and of an order's page in docs/ (console.png, order.png) are those
+The screenshot of an order's page in docs/ (order.png) is the one
 ``test_an_order_reaches_completed_on_the_console_without_a_reload`` saves."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,9 +24,9 @@ MUG = [{"sku": "MUG-01", "qty": 1}]
 pytestmark = pytest.mark.timeout(120)
 
 
-def place(client: httpx.Client, token: str = "tok_ok") -> str:
+def place(client: httpx.Client, token: str = "tok_ok", **fields: Any) -> str:
     customer = f"console-{uuid.uuid4().hex[:12]}"
-    answer = client.post("/orders", json={"customer_id": customer, "items": MUG, "payment_token": token})
+    answer = client.post("/orders", json={"customer_id": customer, "items": MUG, "payment_token": token, **fields})
     assert answer.status_code == 201, answer.text
     return str(answer.json()["order_id"])
 

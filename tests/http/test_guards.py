@@ -45,10 +45,10 @@ def test_with_a_token_every_endpoint_but_health_needs_it(embedded: System) -> No
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
             ("GET", "/docs"),
-            ("GET", "/"),  # the console, its partials and its files
+            ("GET", "/"),  # the console and its partials
             ("GET", "/console/orders"),
             ("GET", "/console/audit/verdict"),
-            ("GET", "/console/static/htmx.min.js"),
+            ("POST", "/console/dead-letters/redrive"),
         ]:
             body = {"customer_id": "intruder", "items": MUG} if method == "POST" else None
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
@@ -58,6 +58,7 @@ def test_with_a_token_every_endpoint_but_health_needs_it(embedded: System) -> No
         assert order_count(embedded) == before  # the refused POSTs wrote nothing
 
         assert http.get("/health").status_code == 200  # a probe needs no token
+        assert http.get("/console/static/htmx.min.js").status_code == 200  # no data: the sign-in page uses it
         authorized = {"Authorization": f"Bearer {TOKEN}"}
         placed = http.post("/orders", json={"customer_id": "insider", "items": MUG}, headers=authorized)
         assert placed.status_code == 201, placed.text
@@ -158,3 +159,40 @@ def test_an_idempotency_key_may_be_a_structured_field_string() -> None:
     assert structured_string(r'"a \"quoted\" \\ key"') == 'a "quoted" \\ key'
     assert structured_string("bare-key") == "bare-key" and structured_string('"') == '"'
     assert structured_string(None) is None
+
+
+def test_the_consoles_sign_in_cookie_opens_the_console_only_and_only_from_its_own_pages(embedded: System) -> None:
+    app = create_app(embedded, token=TOKEN, operator_token="op-secret")
+    with served(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        sent_away = http.get("/console/saga", headers={"Accept": "text/html"})
+        assert sent_away.status_code == 303, sent_away.text  # a browser is sent to sign in ...
+        assert sent_away.headers["location"] == "/console/sign-in?next=%2Fconsole%2Fsaga&needs=CHECKOUT_API_TOKEN"
+        assert http.get("/console/saga").status_code == 401  # ... an API client is told 401
+        refused = http.post("/console/sign-in", data={"token": "wrong", "next": "/"})
+        assert refused.status_code == 401 and "set-cookie" not in refused.headers, refused.text
+
+        signed = http.post("/console/sign-in", data={"token": TOKEN, "next": "//elsewhere.example/"})
+        assert signed.status_code == 303 and signed.headers["location"] == "/"  # never off the site
+        cookie = signed.headers["set-cookie"]
+        assert cookie.startswith("console_api=") and TOKEN not in cookie
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # http, not https
+        for elsewhere in ("/\t/elsewhere.example/", "/\\elsewhere.example/", "https://elsewhere.example/"):
+            again = http.post("/console/sign-in", data={"token": TOKEN, "next": elsewhere})
+            assert again.headers["location"] == "/", elsewhere
+        assert http.get("/").status_code == 200
+        assert http.get("/orders").status_code == 401  # the JSON API still needs the bearer header
+        assert http.get("/console/dead-letters").status_code == 401  # the operator's pages need its token
+
+        http.post("/console/sign-in", data={"token": "op-secret", "next": "/console/dead-letters"})
+        assert http.get("/console/dead-letters").status_code == 200
+        assert http.get("/dead-letters").status_code == 401
+        nobody = {"order_id": f"nobody-{uuid.uuid4().hex}"}
+        htmx = {"Origin": url, "HX-Request": "true"}
+        own_page = http.post("/console/dead-letters/redrive", data=nobody, headers=htmx)
+        assert own_page.status_code == 200 and "nothing to redrive" in own_page.text, own_page.text
+        assert "<nav>" not in own_page.text  # htmx's partial ...
+        plain = http.post("/console/dead-letters/redrive", data=nobody, headers={"Origin": url})
+        assert plain.status_code == 200 and "nothing to redrive" in plain.text and "<nav>" in plain.text  # ... a page
+        for headers in ({}, {"Origin": "http://elsewhere.example"}, {"Origin": "null"}):
+            forged = http.post("/console/dead-letters/redrive", data=nobody, headers=headers)
+            assert forged.status_code == 403, (headers, forged.text)

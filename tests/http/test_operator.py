@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from app.api import System
 from app.domain.saga import CHECKOUT
@@ -38,6 +39,11 @@ def place(client: httpx.Client, **fields: Any) -> str:
     placed = client.post("/orders", json=body)
     assert placed.status_code == 201, placed.text
     return str(placed.json()["order_id"])
+
+
+def void_down(*args: Any, **kwargs: Any) -> Any:
+    """The payment service's void with its database gone: an authorization cannot be released."""
+    raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
 
 
 def status_of(client: httpx.Client, order_id: str) -> str:
@@ -145,12 +151,6 @@ def test_parked_sagas_are_listed_previewed_and_retried_with_the_token(
 ) -> None:
     rt = embedded.runtime
     real_void = rt.payment.void
-
-    def void_down(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import OperationalError
-
-        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
-
     monkeypatch.setattr(rt.payment, "void", void_down)  # the authorization cannot be released
     order_id = place(client, ship_to={"country": "AQ"})  # the carrier refuses: the saga compensates
     wait_until(lambda: status_of(client, order_id) == "NEEDS_ATTENTION", timeout=45, what="the saga parked")

@@ -3,66 +3,51 @@ queries (orders, dead letters, the auditor, the event graph, the pace of recent 
 renders a template; nothing here computes what the operations already do."""
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
-from pathlib import Path
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
 from app.bootstrap import Runtime
 from app.domain.errors import OrderNotFound
 from app.domain.states import OrderStatus
-from app.domain.values import money
+from app.http.auth import SIGN_IN, Lock, safe_next, set_sign_in_cookies
+from app.http.console import operator
+from app.http.console.render import HERE, STATIC, field, form, page
 from app.operations.audit import audit
 from app.operations.eventgraph import mermaid
 from app.operations.pace import recent_pace
-from app.operations.story import sequence_diagram, took
-
-HERE = Path(__file__).parent
-
-#: Where the console's files (htmx, Mermaid, its CSS) are served.
-STATIC = "/console/static"
+from app.operations.story import sequence_diagram
+from app.persistence.deadletters import DEAD
 
 #: Newest orders listed on the console's first page.
 NEWEST = 25
-
-#: How often the pages poll their partials, in milliseconds (the auditor reads every table,
-#: so it is asked less often).
-POLL_MS = 1000
-AUDIT_POLL_MS = 3000
-
 
 #: The orders list's filters: empty means any (an HTML form sends the field empty).
 StatusFilter = OrderStatus | Literal[""]
 ReasonFilter = Annotated[str, Query(max_length=64)]
 
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.filters["money"] = money
-templates.env.filters["took"] = took
-templates.env.filters["clock"] = lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-templates.env.globals.update(static=STATIC, poll_ms=POLL_MS, audit_poll_ms=AUDIT_POLL_MS, statuses=list(OrderStatus))
 
-
-def mount(api: FastAPI, rt: Runtime) -> None:
-    """Serve the console at ``/`` and under ``/console`` (its files under :data:`STATIC`)."""
+def mount(api: FastAPI, rt: Runtime, locks: Collection[Lock] = ()) -> None:
+    """Serve the console at ``/`` and under ``/console`` (its files under :data:`STATIC`);
+    ``locks``: the tokens its sign-in page takes."""
     api.mount(STATIC, StaticFiles(directory=HERE / "static"), name="console-static")
     router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
     _orders(router, rt)
     _order(router, rt)
     _system(router, rt)
+    operator.register(router, rt)
+    _sign_in(router, locks)
     api.include_router(router)
-
-
-def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
 def _orders(router: APIRouter, rt: Runtime) -> None:
     def orders_context(status: OrderStatus | None, reason: str | None) -> dict[str, Any]:
         return {
             "counts": rt.order.saga_counts().by_status,
+            "dead_letters": sum(n for (_, status), n in rt.dead_letters.counts().items() if status == DEAD),
             "orders": rt.order.find(status=status, reason=reason, limit=NEWEST),
             "pace": recent_pace(rt),
             "status": status,
@@ -125,11 +110,20 @@ def _system(router: APIRouter, rt: Runtime) -> None:
     def audit_partial(request: Request) -> HTMLResponse:
         return page(request, "_audit.html", report=audit(rt))
 
-    # The operators' pages: their blocks are filled once the operator endpoints exist.
-    @router.get("/console/dead-letters")
-    def dead_letters_page(request: Request) -> HTMLResponse:
-        return page(request, "dead_letters.html")
 
-    @router.get("/console/parked")
-    def parked_page(request: Request) -> HTMLResponse:
-        return page(request, "parked.html")
+def _sign_in(router: APIRouter, locks: Collection[Lock]) -> None:
+    """The sign-in page: a token in, its cookie out (:mod:`app.http.auth`)."""
+    settings = sorted({lock.setting for lock in locks})
+
+    @router.get(SIGN_IN)
+    def sign_in_page(request: Request, next: str = "/", needs: str = "") -> HTMLResponse:
+        return page(request, "sign_in.html", next=safe_next(next), needs=needs, settings=settings)
+
+    @router.post(SIGN_IN, response_model=None)
+    async def sign_in(request: Request) -> HTMLResponse | RedirectResponse:
+        fields = await form(request)
+        target = safe_next(field(fields, "next"))
+        answer = RedirectResponse(target, 303)
+        if set_sign_in_cookies(answer, locks, field(fields, "token") or "", secure=request.url.scheme == "https"):
+            return answer
+        return page(request, "sign_in.html", 401, next=target, needs="", settings=settings, refused=True)
