@@ -60,6 +60,8 @@ class OrderView:
     updated_at: datetime
     deadline_at: datetime
     finished_at: datetime | None
+    #: the version of the saga definition the order started under, and follows
+    saga_version: int = 1
 
     @property
     def duration_seconds(self) -> float | None:
@@ -262,7 +264,7 @@ class OrderQueries(OrderStore):
                 )
             )
             events = tuple(
-                timeline_entry(r, self.saga)
+                timeline_entry(r, self.saga_of(row))
                 for r in conn.execute(
                     select(timeline)
                     .where(timeline.c.order_id == order_id)
@@ -285,6 +287,7 @@ class OrderQueries(OrderStore):
                 updated_at=as_utc(row.updated_at),
                 deadline_at=as_utc(row.deadline_at),
                 finished_at=as_utc(row.finished_at) if row.finished_at is not None else None,
+                saga_version=row.saga_version,
             )
 
         return self.db.query(work)
