@@ -45,6 +45,7 @@ from app.domain.commands import (
     ScheduleShipment,
     VoidPayment,
 )
+from app.domain.errors import UnknownSagaVersion
 from app.domain.states import StepOutcome
 
 #: What an event may say of a step (kept by these names for importers).
@@ -229,10 +230,6 @@ CHECKOUT = Saga(
 #: The version of :data:`CHECKOUT`: bumped whenever its steps, their order or their
 #: compensations change, so that an order follows the definition it started under.
 SAGA_VERSION = 1
-
-
-class UnknownSagaVersion(LookupError):
-    """An order started under a saga definition this code no longer has."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,10 @@ def running(settings: Settings, definitions: SagaDefinitions) -> Iterator[Runtim
         purge_memory_broker()
 
 
+def ids(rows: list[dict[str, Any]]) -> set[str]:
+    return {row["order_id"] for row in rows}
+
+
 def test_a_saga_follows_the_definition_it_started_under(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     purge_memory_broker()
     # placed under version 1: their sagas are still to run when version 2 becomes current
@@ -100,6 +105,8 @@ def test_a_saga_follows_the_definition_it_started_under(settings: Settings, monk
         ok_v1, _ = v1.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
         declined_v1, _ = v1.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}], "tok_declined"))
         assert v1.order.view(ok_v1).saga_version == 1
+        # what an operator asks before dropping a version: which orders still follow it
+        assert ids(v1.order.find(status=OrderStatus.PENDING, saga_version=1)) == {ok_v1, declined_v1}
     finally:
         v1.close()
 
@@ -112,6 +119,8 @@ def test_a_saga_follows_the_definition_it_started_under(settings: Settings, monk
             return all(rt.order.view(o).terminal for o in (ok_v1, declined_v1, ok_v2, declined_v2))
 
         wait_until(finished, timeout=60, what="every order finished")
+        assert rt.order.find(status=OrderStatus.PENDING, saga_version=1) == []
+        assert ids(rt.order.find(saga_version=2)) == {ok_v2, declined_v2}
         views = {o: rt.order.view(o) for o in (ok_v1, declined_v1, ok_v2, declined_v2)}
         assert {o: v.saga_version for o, v in views.items()} == {ok_v1: 1, declined_v1: 1, ok_v2: 2, declined_v2: 2}
         assert views[ok_v1].status == views[ok_v2].status == OrderStatus.COMPLETED

@@ -145,12 +145,14 @@ class OrderQueries(OrderStore):
         reason: str | None = None,
         older_than: timedelta | None = None,
         newer_than: timedelta | None = None,
+        saga_version: int | None = None,
         before: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Orders matching the filters, newest first (a light row each, not a full view);
-        with ``before``, only those listed after that order — the cursor of the next page.
-        Raises OrderNotFound for a ``before`` that is no order."""
+        with ``before``, only those listed after that order — the cursor of the next page;
+        with ``saga_version``, only those started under that saga definition. Raises
+        OrderNotFound for a ``before`` that is no order."""
         query = select(
             *ORDER_SUMMARY,
             orders.c.created_at,
@@ -165,6 +167,8 @@ class OrderQueries(OrderStore):
             query = query.where(orders.c.created_at <= now - older_than)
         if newer_than is not None:
             query = query.where(orders.c.created_at >= now - newer_than)
+        if saga_version is not None:
+            query = query.where(orders.c.saga_version == saga_version)
         newest_first = (orders.c.created_at.desc(), orders.c.order_id.desc())  # ties: a stable order to page by
 
         def work(conn: Any) -> list[Any]:
