@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 import app.bootstrap
 from app.api import validate_order
@@ -25,6 +26,7 @@ from app.domain.states import OrderStatus
 from app.domain.subscriptions import ORCHESTRATION
 from app.embedded import EmbeddedWorkers
 from app.persistence.db import StepRecord
+from app.services.order import orders
 from app.services.shipping import ShippingService
 from config.settings import Settings
 from tests.conftest import purge_memory_broker, wait_until
@@ -96,17 +98,36 @@ def ids(rows: list[dict[str, Any]]) -> set[str]:
     return {row["order_id"] for row in rows}
 
 
+def run_up_to_the_shipment(rt: Runtime, order_id: str) -> None:
+    """Run the order's saga by hand as far as its shipment, as its canvas would have, and
+    leave it there (the rest of its canvas lost): only the sweeper moves it on."""
+    rt.order.saga_dispatched(order_id)
+    commands = rt.order.step_commands(order_id)
+    services = {"inventory": rt.inventory, "payment": rt.payment, "shipping": rt.shipping}
+    for phase in CHECKOUT.phases[:2]:
+        for step in phase:
+            run = getattr(services[step.service], step.task.split(".", 1)[1])
+            assert run(step.command.model_validate(commands[step.name])).outcome == "done"
+
+
 def test_a_saga_follows_the_definition_it_started_under(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings.model_copy(
+        update={"saga_deadline_seconds": 1.0, "saga_give_up_seconds": 60, "sweep_interval_seconds": 0.3}
+    )
     purge_memory_broker()
-    # placed under version 1: their sagas are still to run when version 2 becomes current
+    # placed under version 1: one half way through its saga, two whose sagas are still to
+    # start when version 2 becomes current
     v1 = Runtime(settings)
     try:
         v1.prepare()
+        halfway_v1, _ = v1.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
+        run_up_to_the_shipment(v1, halfway_v1)
         ok_v1, _ = v1.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
         declined_v1, _ = v1.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}], "tok_declined"))
         assert v1.order.view(ok_v1).saga_version == 1
         # what an operator asks before dropping a version: which orders still follow it
-        assert ids(v1.order.find(status=OrderStatus.PENDING, saga_version=1)) == {ok_v1, declined_v1}
+        pending_v1 = ids(v1.order.find(status=OrderStatus.PENDING, saga_version=1))
+        assert pending_v1 == {halfway_v1, ok_v1, declined_v1}
     finally:
         v1.close()
 
@@ -114,20 +135,31 @@ def test_a_saga_follows_the_definition_it_started_under(settings: Settings, monk
     with running(settings, V2) as rt:
         ok_v2, _ = rt.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}]))
         declined_v2, _ = rt.order.place(validate_order("c", [{"sku": "MUG-01", "qty": 1}], "tok_declined"))
+        every = (halfway_v1, ok_v1, declined_v1, ok_v2, declined_v2)
 
-        def finished() -> bool:
-            return all(rt.order.view(o).terminal for o in (ok_v1, declined_v1, ok_v2, declined_v2))
-
-        wait_until(finished, timeout=60, what="every order finished")
+        wait_until(lambda: all(rt.order.view(o).terminal for o in every), timeout=60, what="every order finished")
         assert rt.order.find(status=OrderStatus.PENDING, saga_version=1) == []
         assert ids(rt.order.find(saga_version=2)) == {ok_v2, declined_v2}
-        views = {o: rt.order.view(o) for o in (ok_v1, declined_v1, ok_v2, declined_v2)}
-        assert {o: v.saga_version for o, v in views.items()} == {ok_v1: 1, declined_v1: 1, ok_v2: 2, declined_v2: 2}
-        assert views[ok_v1].status == views[ok_v2].status == OrderStatus.COMPLETED
+        views = {o: rt.order.view(o) for o in every}
+        assert {o: v.saga_version for o, v in views.items()} == {
+            halfway_v1: 1,
+            ok_v1: 1,
+            declined_v1: 1,
+            ok_v2: 2,
+            declined_v2: 2,
+        }
+        for order_id in (halfway_v1, ok_v1, ok_v2):
+            assert views[order_id].status == OrderStatus.COMPLETED, order_id
         assert views[declined_v1].status == views[declined_v2].status == OrderStatus.CANCELLED
+        assert views[halfway_v1].steps["capture_payment"] == "done"
+        redrives = rt.order.db.query(
+            lambda c: c.execute(select(orders.c.redrives).where(orders.c.order_id == halfway_v1)).scalar()
+        )
+        assert redrives >= 1  # resumed by the sweeper
 
-        # the forward path: version 1's order was not notified, version 2's was
-        assert ok_v1 not in NOTICES.sent and ok_v2 in NOTICES.sent
+        # the forward path: version 1's orders were not notified (the one the sweeper resumed
+        # went on at the capture, version 1's next step), version 2's was
+        assert not {halfway_v1, ok_v1} & set(NOTICES.sent) and ok_v2 in NOTICES.sent
         # the compensation: version 1's chain has no retraction, version 2's has
         assert declined_v1 not in NOTICES.retracted and declined_v2 in NOTICES.retracted
         assert declined_v1 not in NOTICES.sent and declined_v2 not in NOTICES.sent
