@@ -24,7 +24,7 @@ from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.domain.admission import Admission, Limits
 from app.domain.catalog import CATALOG
-from app.domain.saga import CHECKOUT, Saga
+from app.domain.saga import DEFINITIONS, Saga, SagaDefinitions
 from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
 from app.extensions import Extension, load, load_all, with_extensions
 from app.messaging import signing, telemetry, tracing
@@ -68,7 +68,7 @@ def service_metadata(service: str) -> MetaData:
 class Runtime:
     """Everything one process needs, wired once."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, definitions: SagaDefinitions = DEFINITIONS) -> None:
         self.settings = settings if settings is not None else Settings()
         self.engines: dict[str, Engine] = {}  # one per database URL, shared by whoever uses it
         self.databases: dict[str, Database] = {}
@@ -79,7 +79,9 @@ class Runtime:
         self.extensions: dict[str, Extension] = load_all(self.settings.extension_targets)
         for name, ext in self.extensions.items():
             self.databases[name] = Database(name, self._engine(name), ext.metadata, ext.tables, migrated=ext.migrated)
-        self.saga = CHECKOUT
+        #: the saga definitions by version; new orders start under the current one
+        self.definitions = definitions
+        self.saga = definitions.current
         self.dead_letters = DeadLetterStore(self.databases)
         self.gateway = FakePaymentGateway(self.databases["payment"].engine)
         self.carrier = FakeCarrier(self.databases["shipping"].engine)
@@ -87,7 +89,7 @@ class Runtime:
         self.order = OrderService(
             self.databases["order"],
             deadline_seconds=self.settings.saga_deadline_seconds,
-            saga=self.saga,
+            definitions=self.definitions,
             choreography=self.choreography,
         )
         self.inventory = InventoryService(self.databases["inventory"])
@@ -129,7 +131,7 @@ class Runtime:
     def coordinator_for(self, app: Celery) -> Coordinator:
         """The order's orchestrator, sending its canvases through ``app``."""
         retries = unlock_retries(self.settings.saga_give_up_seconds, app.conf.result_chord_retry_interval)
-        return Coordinator(self.order, CanvasDispatcher(app, self.saga, retries))
+        return Coordinator(self.order, CanvasDispatcher(app, retries))
 
     def collaborators(self, app: Celery) -> Collaborators:
         """What the tasks of ``app`` call: this system's services, stores and relay."""

@@ -65,7 +65,10 @@ def show(
     step_of_task = {step.task: step.name for step in rt.saga.steps}
     step_of_task.update({s.compensation.task: s.compensation.name for s in rt.saga.steps if s.compensation})
     print(f"order {view.order_id}  {view.status}  {view.reason or ''}".rstrip())
-    print(f"total {money(view.total_cents, view.currency)}  placed {view.created_at.isoformat()}")
+    print(
+        f"total {money(view.total_cents, view.currency)}  placed {view.created_at.isoformat()}  "
+        f"saga version {view.saga_version}"
+    )
     if view.attention:
         print(f"needs attention: {view.attention}")
     print_table(
@@ -159,12 +162,29 @@ def list_orders(
             "--newer-than", parser=parse_age, metavar="AGE", help="placed within this long (90s, 15m, 2h, 3d)"
         ),
     ] = None,
+    saga_version: Annotated[
+        int | None,
+        typer.Option(
+            "--saga-version",
+            min=1,
+            metavar="N",
+            help="only orders started under this version of the saga definition (with --status PENDING: "
+            "those still following it)",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", help="at most this many")] = 50,
 ) -> int:
     """Orders, newest first: id, status, reason, total and when placed; filters combine."""
     rt = runtime()
     try:
-        rows = rt.order.find(status=status, reason=reason, older_than=older_than, newer_than=newer_than, limit=limit)
+        rows = rt.order.find(
+            status=status,
+            reason=reason,
+            older_than=older_than,
+            newer_than=newer_than,
+            saga_version=saga_version,
+            limit=limit,
+        )
     finally:
         rt.close()
     from app.persistence.db import as_utc

@@ -35,6 +35,12 @@ class OrderNotFound(CheckoutError, LookupError):
     """No order has this id."""
 
 
+class UnknownSagaVersion(CheckoutError, LookupError):
+    """An order started under a version of the saga definition this code no longer registers
+    (``DEFINITIONS`` in ``app/domain/saga.py``): nothing moves it on until that version is
+    registered again."""
+
+
 class _NotInStatus(CheckoutError):
     """An operator asked for something the order's ``status`` does not allow; nothing changed."""
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from app.domain.saga import Compensation
+from app.domain.saga import Compensation, Saga
 from app.domain.values import Address, Line
 
 
@@ -70,11 +70,14 @@ class SagaDispatcher(Protocol):
     on the way is made up for by the sweeper, from what the order recorded.
     """
 
-    def run_saga(self, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = ...) -> None:
-        """Send the saga's forward path (one command body per step), from the first phase
-        with a step not in ``done``."""
+    def run_saga(
+        self, saga: Saga, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = ...
+    ) -> None:
+        """Send the forward path of ``saga`` — the definition the order follows — (one
+        command body per step), from the first phase with a step not in ``done``."""
 
     def run_compensation(
-        self, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
+        self, saga: Saga, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
     ) -> None:
-        """Send the compensations, in the order given, then the order's cancellation."""
+        """Send the compensations, in the order given, then the order's cancellation (the
+        task ``saga`` names)."""

@@ -18,11 +18,19 @@ Rules every step and compensation follows (and the services implement):
   any more — so "compensate everything up to the failed step" is always safe, even when
   the step's message is still in flight;
 * compensations run newest first.
+
+The definition has a version (:data:`SAGA_VERSION`), and each order records the version it
+started under: a resumed, re-driven or compensating saga follows that definition
+(:meth:`SagaDefinitions.for_order`), never one that changed under it. Changing the
+definition is a new version beside the old, which stays registered in :data:`DEFINITIONS`
+until no order started under it is in flight (docs/architecture.md, "Changing the saga
+definition").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from app.domain.commands import (
@@ -37,6 +45,7 @@ from app.domain.commands import (
     ScheduleShipment,
     VoidPayment,
 )
+from app.domain.errors import UnknownSagaVersion
 from app.domain.states import StepOutcome
 
 #: What an event may say of a step (kept by these names for importers).
@@ -216,3 +225,50 @@ CHECKOUT = Saga(
     # after OrderCompleted the reserved stock becomes committed (shipped)
     epilogue=(Step("commit_inventory", "inventory.commit", done_events=("InventoryCommitted",)),),
 )
+
+
+#: The version of :data:`CHECKOUT`: bumped whenever its steps, their order or their
+#: compensations change, so that an order follows the definition it started under.
+SAGA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SagaDefinitions:
+    """The saga definitions this code can run, by version: the current one, that new orders
+    start under, and every older one still supported, that orders started under it follow."""
+
+    current_version: int
+    by_version: Mapping[int, Saga] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.current_version not in self.by_version:
+            raise ValueError(f"saga definitions: no version {self.current_version} to make current")
+
+    @classmethod
+    def of(cls, saga: Saga, version: int = SAGA_VERSION) -> SagaDefinitions:
+        """Only ``saga``, as ``version``."""
+        return cls(version, {version: saga})
+
+    @property
+    def current(self) -> Saga:
+        return self.by_version[self.current_version]
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return tuple(sorted(self.by_version))
+
+    def for_order(self, version: int | None) -> Saga:
+        """The definition an order started under ``version`` follows (None: an order from
+        before versions were recorded, which started under version 1)."""
+        version = 1 if version is None else version
+        try:
+            return self.by_version[version]
+        except KeyError:
+            raise UnknownSagaVersion(
+                f"saga {self.current.name}: no definition version {version} "
+                f"(this code has {', '.join(map(str, self.versions))})"
+            ) from None
+
+
+#: The definitions this code runs: the checkout, at :data:`SAGA_VERSION`.
+DEFINITIONS = SagaDefinitions.of(CHECKOUT)

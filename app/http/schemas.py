@@ -84,6 +84,7 @@ class Order(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
+    saga_version: int = Field(description="the version of the saga definition the order started under, and follows")
     events: list[Event]
 
 

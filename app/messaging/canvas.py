@@ -119,19 +119,19 @@ def build_compensation(
 
 class CanvasDispatcher:
     """The saga's dispatcher over Celery (:class:`app.domain.ports.SagaDispatcher`): each
-    plan of the order's coordinator goes out as the canvas built from the definition."""
+    plan of the order's coordinator goes out as the canvas built from the definition the
+    order follows."""
 
-    def __init__(self, app: Celery, saga: Saga, chord_retries: int | None = None) -> None:
+    def __init__(self, app: Celery, chord_retries: int | None = None) -> None:
         self.app = app
-        self.saga = saga
         self.chord_retries = chord_retries
 
     def run_saga(
-        self, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = frozenset()
+        self, saga: Saga, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = frozenset()
     ) -> None:
-        build_saga(self.app, self.saga, order_id, commands, done, self.chord_retries).apply_async()
+        build_saga(self.app, saga, order_id, commands, done, self.chord_retries).apply_async()
 
     def run_compensation(
-        self, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
+        self, saga: Saga, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
     ) -> None:
-        build_compensation(self.app, self.saga, order_id, compensations, cancel_command).apply_async()
+        build_compensation(self.app, saga, order_id, compensations, cancel_command).apply_async()

@@ -196,6 +196,7 @@ def test_an_upgrade_in_place_keeps_the_data(pg: tuple[str, Engine]) -> None:
     assert f"order: order_0001 -> {migrations.head('order')}" in done.stdout, done.stdout
     assert revisions(engine) == heads()
     assert order_rows(engine) == rows
+    assert {r["saga_version"] for r in order_rows(engine)} == {1}  # from before it was kept: version 1
     assert "ix_order_orders_created_at" in {i["name"] for i in inspect(engine).get_indexes("order_orders")}
     assert all(diffs(engine, s) == [] for s in SERVICES)
 

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.api import System
+from app.domain.saga import SAGA_VERSION
 from app.services.order import orders
 from tests.conftest import wait_until
 from tests.support.http import status_events
@@ -55,6 +56,7 @@ def test_an_order_placed_is_201_with_its_location_and_view(client: httpx.Client)
     assert placed.headers["location"] == f"/orders/{view['order_id']}"
     assert view["customer_id"] == who and view["total_cents"] == 2598 and view["currency"] == "EUR"
     assert view["lines"] == [{"sku": "MUG-01", "qty": 2}] and view["ship_to"]["country"] == "FR"
+    assert view["saga_version"] == SAGA_VERSION  # the saga definition it started under
 
     done = wait_until(lambda: finished(client, view["order_id"]), timeout=30, what="the order to finish")
     assert done["status"] == "COMPLETED" and done["reason"] is None

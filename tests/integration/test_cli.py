@@ -97,8 +97,10 @@ def test_orders_list_and_show(tmp_path: Path) -> None:
     assert listed.returncode == 0 and "shipping_unavailable" in listed.stdout
     order_id = listed.stdout.splitlines()[2].split()[0]
     assert run("orders", "list", "--status", "completed", data_dir=tmp_path).stdout.strip().endswith("0 order(s)")
+    assert order_id in run("orders", "list", "--saga-version", "1", data_dir=tmp_path).stdout
+    assert run("orders", "list", "--saga-version", "2", data_dir=tmp_path).stdout.strip().endswith("0 order(s)")
     shown = run("orders", "show", order_id, data_dir=tmp_path)
-    assert shown.returncode == 0
+    assert shown.returncode == 0 and "saga version 1" in shown.stdout
     # (the failure event is recorded before the cancellation, which needs its reason)
     for text in ("OrderPlaced", "ShipmentFailed", "OrderCancelled"):
         assert text in shown.stdout

@@ -13,7 +13,7 @@ from sqlalchemy import update
 from app.api import validate_order
 from app.domain.commands import CompensateOrder
 from app.domain.events import Envelope, InventoryReserved, PaymentAuthorized, PaymentDeclined
-from app.domain.saga import CHECKOUT, Compensation
+from app.domain.saga import CHECKOUT, Compensation, Saga
 from app.domain.values import Line
 from app.persistence.db import utcnow
 from app.services.order import (
@@ -40,12 +40,12 @@ class FakeDispatcher:
     compensations: list[tuple[str, list[str], dict[str, Any]]] = field(default_factory=list)
 
     def run_saga(
-        self, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = frozenset()
+        self, saga: Saga, order_id: str, commands: Mapping[str, dict[str, Any]], done: frozenset[str] = frozenset()
     ) -> None:
         self.sagas.append((order_id, dict(commands), done))
 
     def run_compensation(
-        self, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
+        self, saga: Saga, order_id: str, compensations: tuple[Compensation, ...], cancel_command: dict[str, Any]
     ) -> None:
         self.compensations.append((order_id, [c.name for c in compensations], cancel_command))
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from app.domain.saga import CHECKOUT, Compensation, Saga, Step
+from app.domain.errors import UnknownSagaVersion
+from app.domain.saga import CHECKOUT, DEFINITIONS, SAGA_VERSION, Compensation, Saga, SagaDefinitions, Step
 
 
 def names(comps: tuple[Compensation, ...]) -> list[str]:
@@ -56,3 +57,16 @@ def test_definition_rules_are_checked() -> None:
         Saga("tail", ((a,), (b, c)), "order.x", "order.y")
     with pytest.raises(ValueError, match="followed by a single step"):
         Saga("join", ((a, b), (c, Step("d", "order.d")), (Step("e", "order.e"),)), "order.x", "order.y")
+
+
+def test_an_order_follows_the_definition_of_its_version() -> None:
+    assert DEFINITIONS.current is CHECKOUT and DEFINITIONS.current_version == SAGA_VERSION == 1
+    shorter = Saga("checkout", CHECKOUT.phases[1:], CHECKOUT.compensate_task, CHECKOUT.cancel_task)
+    both = SagaDefinitions(2, {1: CHECKOUT, 2: shorter})
+    assert both.current is shorter and both.versions == (1, 2)
+    assert both.for_order(1) is CHECKOUT and both.for_order(2) is shorter
+    assert both.for_order(None) is CHECKOUT  # a row from before versions were kept
+    with pytest.raises(UnknownSagaVersion, match=r"no definition version 3 \(this code has 1, 2\)"):
+        both.for_order(3)
+    with pytest.raises(ValueError, match="no version 2 to make current"):
+        SagaDefinitions(2, {1: CHECKOUT})

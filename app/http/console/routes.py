@@ -67,10 +67,11 @@ def _order(router: APIRouter, rt: Runtime) -> None:
     def order_context(order_id: str) -> dict[str, Any]:
         view = rt.order.view(order_id)
         letters = rt.dead_letters.find(status=None, order_id=order_id)
-        # the steps that reported, in the definition's order; while the saga runs, those to come too
-        definition = (*rt.saga.steps, *rt.saga.epilogue)
+        # the steps that reported, in the order's definition's order; while the saga runs, those to come too
+        saga = rt.order.definitions.for_order(view.saga_version)
+        definition = (*saga.steps, *saga.epilogue)
         steps = [(s, view.steps.get(s.name)) for s in definition if s.name in view.steps or not view.terminal]
-        undone = [(c, view.steps[c.name]) for c in rt.saga.compensations if c.name in view.steps]
+        undone = [(c, view.steps[c.name]) for c in saga.compensations if c.name in view.steps]
         return {
             "view": view,
             "steps": steps,

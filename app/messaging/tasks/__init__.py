@@ -94,7 +94,7 @@ class Republish(BaseModel):
 def register_tasks(app: Celery, deps: Collaborators) -> None:
     """Define every task of the system on ``app``, bound to ``deps``."""
     kit = TaskKit(app, deps.settings, deps.dead_letters, deps.saga)
-    register_saga(kit, deps.saga, deps.services)
+    register_saga(kit, (deps.saga, *deps.order.definitions.by_version.values()), deps.services)
     order.register(kit, deps.order, deps.coordinator, deps.sweep)
     inventory.register(kit, deps.inventory)
     payment.register(kit, deps.payment)

@@ -5,10 +5,10 @@ service gives it up once its retries run out (``give_up``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from app.domain.saga import Compensation, Saga
+from app.domain.saga import Compensation, Saga, Step
 from app.messaging.tasks.kit import GivesUp, TaskKit
 
 
@@ -22,8 +22,14 @@ def method(service: object, task: str) -> Callable[..., Any]:
     return found
 
 
-def register_saga(kit: TaskKit, saga: Saga, services: Mapping[str, GivesUp]) -> None:
-    for step in saga.steps:
+def register_saga(kit: TaskKit, sagas: Iterable[Saga], services: Mapping[str, GivesUp]) -> None:
+    """The tasks of every step of ``sagas`` (the current definition first, then each older
+    one still supported: an order started under one runs its steps), each task once."""
+    steps: dict[str, Step] = {}
+    for saga in sagas:
+        for step in saga.steps:
+            steps.setdefault(step.task, step)
+    for step in steps.values():
         service = services[step.service]
         run = method(service, step.task)
         kit.define(step.task, kit.forward(step.name, step.command, run, service))

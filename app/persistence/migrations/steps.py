@@ -9,7 +9,7 @@ from alembic import op
 
 
 def add_column_if_missing(table: str, column: sa.Column[Any]) -> None:
-    """Add a nullable column, unless the table already has it: a database adopted from before
+    """Add a nullable (or defaulted) column, unless the table already has it: a database adopted from before
     migrations was completed in place (``add_missing_columns``) by this version of the code.
     Written as SQL (``db upgrade --sql``) there is no database to ask, and the SQL is for an
     empty one: the column is added."""

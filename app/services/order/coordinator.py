@@ -2,9 +2,10 @@
 
 It starts a placed order's saga, reviews a failure an error callback reports, compensates
 (once), picks up a compensation put off until a failure event confirms it, and re-drives an
-overdue saga — over the saga's memory (:class:`SagaMemory`, one transaction per decision)
-and a :class:`app.domain.ports.SagaDispatcher` that sends what was decided. It knows
-nothing of Celery: the tasks (``app/messaging/tasks/order.py``) only hand it their message.
+overdue saga — each by the saga definition the order started under — over the saga's
+memory (:class:`SagaMemory`, one transaction per decision) and a
+:class:`app.domain.ports.SagaDispatcher` that sends what was decided. It knows nothing of
+Celery: the tasks (``app/messaging/tasks/order.py``) only hand it their message.
 
 What it sends is marked sent only once it has gone out: a crash in between sends it again
 when the message that asked is redelivered — at least once, never not at all; every step is
@@ -42,7 +43,7 @@ class Coordinator:
         plan = self.memory.plan_saga(order_id)
         if plan is None:
             return False
-        self.dispatcher.run_saga(plan.order_id, plan.commands)
+        self.dispatcher.run_saga(plan.saga, plan.order_id, plan.commands)
         self.memory.saga_dispatched(plan.order_id)
         return True
 
@@ -70,7 +71,7 @@ class Coordinator:
         if plan is None:
             return Move.NOT_DUE
         log.info("order %s: %s failed; compensating", cmd.order_id, cmd.failed_step)
-        self.dispatcher.run_compensation(plan.order_id, plan.compensations, plan.cancel_command)
+        self.dispatcher.run_compensation(plan.saga, plan.order_id, plan.compensations, plan.cancel_command)
         self.memory.compensation_dispatched(plan.order_id)
         return Move.COMPENSATING
 
@@ -80,7 +81,7 @@ class Coordinator:
         is over)."""
         plan = self.memory.plan_operator_compensation(order_id, reason)
         log.info("order %s: compensating at an operator's request (%s)", order_id, reason)
-        self.dispatcher.run_compensation(plan.order_id, plan.compensations, plan.cancel_command)
+        self.dispatcher.run_compensation(plan.saga, plan.order_id, plan.compensations, plan.cancel_command)
 
     def record(self, env: Envelope) -> bool:
         """Learn from another service's event (False: seen before); a failure event may
@@ -102,8 +103,8 @@ class Coordinator:
         unfinished phase. In choreography nothing: the events sent again move the saga on."""
         if plan.compensation is not None:
             comp = plan.compensation
-            self.dispatcher.run_compensation(plan.order_id, comp.compensations, comp.cancel_command)
+            self.dispatcher.run_compensation(comp.saga, plan.order_id, comp.compensations, comp.cancel_command)
             return Move.COMPENSATED
         if plan.resume is not None:
-            self.dispatcher.run_saga(plan.order_id, plan.resume.commands, plan.done)
+            self.dispatcher.run_saga(plan.resume.saga, plan.order_id, plan.resume.commands, plan.done)
         return Move.RESUMED

@@ -60,6 +60,8 @@ class OrderView:
     updated_at: datetime
     deadline_at: datetime
     finished_at: datetime | None
+    #: the version of the saga definition the order started under, and follows
+    saga_version: int = 1
 
     @property
     def duration_seconds(self) -> float | None:
@@ -143,12 +145,14 @@ class OrderQueries(OrderStore):
         reason: str | None = None,
         older_than: timedelta | None = None,
         newer_than: timedelta | None = None,
+        saga_version: int | None = None,
         before: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Orders matching the filters, newest first (a light row each, not a full view);
-        with ``before``, only those listed after that order — the cursor of the next page.
-        Raises OrderNotFound for a ``before`` that is no order."""
+        with ``before``, only those listed after that order — the cursor of the next page;
+        with ``saga_version``, only those started under that saga definition. Raises
+        OrderNotFound for a ``before`` that is no order."""
         query = select(
             *ORDER_SUMMARY,
             orders.c.created_at,
@@ -163,6 +167,8 @@ class OrderQueries(OrderStore):
             query = query.where(orders.c.created_at <= now - older_than)
         if newer_than is not None:
             query = query.where(orders.c.created_at >= now - newer_than)
+        if saga_version is not None:
+            query = query.where(orders.c.saga_version == saga_version)
         newest_first = (orders.c.created_at.desc(), orders.c.order_id.desc())  # ties: a stable order to page by
 
         def work(conn: Any) -> list[Any]:
@@ -262,7 +268,7 @@ class OrderQueries(OrderStore):
                 )
             )
             events = tuple(
-                timeline_entry(r, self.saga)
+                timeline_entry(r, self.saga_of(row))
                 for r in conn.execute(
                     select(timeline)
                     .where(timeline.c.order_id == order_id)
@@ -285,6 +291,7 @@ class OrderQueries(OrderStore):
                 updated_at=as_utc(row.updated_at),
                 deadline_at=as_utc(row.deadline_at),
                 finished_at=as_utc(row.finished_at) if row.finished_at is not None else None,
+                saga_version=row.saga_version,
             )
 
         return self.db.query(work)

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from app.domain.commands import CancelOrder, Command, CompensateOrder
 from app.domain.errors import OrderFinished, OrderNotFound
 from app.domain.events import Envelope, OrderCancelled
-from app.domain.saga import Compensation
+from app.domain.saga import CHECKOUT, Compensation, Saga
 from app.domain.states import OPEN, TERMINAL, OrderStatus, SagaState, StepOutcome, Verdict
 from app.domain.values import Address, Line
 from app.persistence.db import UnitOfWork, as_utc, utcnow
@@ -40,17 +40,22 @@ MAX_REDRIVE_BACKOFF = 16
 
 @dataclass(frozen=True)
 class SagaPlan:
-    """What the saga of one order needs: one command body per step."""
+    """What the saga of one order needs: one command body per step of the definition it
+    follows (the one it started under)."""
 
     order_id: str
     commands: dict[str, dict[str, Any]]
+    saga: Saga = CHECKOUT
 
 
 @dataclass(frozen=True)
 class CompensationPlan:
+    """The compensations of the definition the order follows, then its cancellation."""
+
     order_id: str
     compensations: tuple[Compensation, ...]
     cancel_command: dict[str, Any] = field(default_factory=dict)
+    saga: Saga = CHECKOUT
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class SagaMemory(OrderStore):
             row = order_row(uow, order_id)
             if row.status in TERMINAL or row.saga_dispatched_at is not None:
                 return None
-            return SagaPlan(order_id, self._step_commands(uow, row))
+            return SagaPlan(order_id, self._step_commands(uow, row), self.saga_of(row))
 
         return self.db.run(work)
 
@@ -142,10 +147,11 @@ class SagaMemory(OrderStore):
 
     def plan_compensation(self, cmd: CompensateOrder) -> CompensationPlan | None:
         """A step failed: which compensations to run, newest first (None if dispatched already)."""
-        self.saga.step(cmd.failed_step)  # KeyError for a step the saga does not have
 
         def work(uow: UnitOfWork) -> CompensationPlan | None:
             row = order_row(uow, cmd.order_id)
+            saga = self.saga_of(row)
+            saga.step(cmd.failed_step)  # KeyError for a step the order's saga does not have
             if row.status in TERMINAL or row.compensation_dispatched_at is not None:
                 return None
             failed_step = row.failed_step or cmd.failed_step
@@ -163,7 +169,7 @@ class SagaMemory(OrderStore):
             # Every step's compensation, not only those up to the failed one: a step after it
             # may have run anyway (a failure reported while the step in fact went on, say);
             # undoing a step that never ran is a no-op that also stops it from running late.
-            return self._every_compensation(cmd.order_id)
+            return self._every_compensation(cmd.order_id, saga)
 
         return self.db.run(work)
 
@@ -178,20 +184,21 @@ class SagaMemory(OrderStore):
             if row.status in TERMINAL:
                 raise OrderFinished(order_id, row.status)
             now = utcnow()
+            saga = self.saga_of(row)
             uow.conn.execute(
                 update(orders)
                 .where(orders.c.order_id == order_id)
                 .values(
                     status=OrderStatus.PENDING,
                     saga_state=SagaState.COMPENSATING,
-                    failed_step=row.failed_step or self.saga.steps[-1].name,
+                    failed_step=row.failed_step or saga.steps[-1].name,
                     failure_reason=row.failure_reason or reason,
                     compensation_deferred=None,
                     compensation_dispatched_at=now,
                     updated_at=now,
                 )
             )
-            return self._every_compensation(order_id)
+            return self._every_compensation(order_id, saga)
 
         return self.db.run(work)
 
@@ -222,9 +229,10 @@ class SagaMemory(OrderStore):
                 row = order_row(uow, env.key)
             except OrderNotFound:
                 return False
-            add_to_timeline(uow, env, self.saga)
+            saga = self.saga_of(row)
+            add_to_timeline(uow, env, saga)
             values: dict[str, Any] = {"updated_at": utcnow()}
-            values.update(learn(env, row.steps or {}, row.failure_reason, self.saga))
+            values.update(learn(env, row.steps or {}, row.failure_reason, saga))
             uow.conn.execute(update(orders).where(orders.c.order_id == env.key).values(**values))
             if row.status in OPEN:
                 self._maybe_cancel(uow, env.key)
@@ -238,12 +246,10 @@ class SagaMemory(OrderStore):
         and every cancelled order once. Their events are worth sending again: a lost
         delivery of OrderCompleted, say, would leave the stock reserved for ever."""
         now = utcnow()
-        complete = {step.name for step in self.saga.steps if step.service != "order"}
-        complete |= {step.name for step in self.saga.epilogue}
 
         def work(uow: UnitOfWork) -> list[str]:
             rows = uow.conn.execute(
-                select(orders.c.order_id, orders.c.status, orders.c.steps)
+                select(orders.c.order_id, orders.c.status, orders.c.steps, orders.c.saga_version)
                 .where(orders.c.status.in_(TERMINAL), orders.c.deadline_at <= now)
                 .limit(limit)
             ).all()
@@ -251,7 +257,7 @@ class SagaMemory(OrderStore):
             for row in rows:
                 steps = row.steps or {}
                 if row.status == OrderStatus.COMPLETED and all(
-                    steps.get(name) == StepOutcome.DONE for name in complete
+                    steps.get(name) == StepOutcome.DONE for name in _completes(self.saga_of(row))
                 ):
                     done.append(row.order_id)
                 elif row.status == OrderStatus.COMPLETED:
@@ -282,8 +288,9 @@ class SagaMemory(OrderStore):
                 "updated_at": now,
             }
             give_up = now - as_utc(row.created_at) >= give_up_after
+            saga = self.saga_of(row)
             if row.saga_state == SagaState.COMPENSATING or give_up:
-                failed_step = row.failed_step or self.saga.steps[-1].name
+                failed_step = row.failed_step or saga.steps[-1].name
                 values.update(
                     saga_state=SagaState.COMPENSATING, failed_step=failed_step, compensation_dispatched_at=now
                 )
@@ -291,7 +298,7 @@ class SagaMemory(OrderStore):
                     # otherwise the failure event, sent again with the rest, still says why
                     values["failure_reason"] = row.failure_reason or "deadline_exceeded"
                 uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
-                return Redrive(order_id, compensation=self._every_compensation(order_id))
+                return Redrive(order_id, compensation=self._every_compensation(order_id, saga))
             if self.choreography:
                 # no canvas to re-drive: the services send the order's events again (the
                 # caller asks them) and each consumer that missed one acts on it now
@@ -300,20 +307,20 @@ class SagaMemory(OrderStore):
             values["saga_dispatched_at"] = now
             uow.conn.execute(update(orders).where(orders.c.order_id == order_id).values(**values))
             done = frozenset(step for step, status in (row.steps or {}).items() if status == StepOutcome.DONE)
-            return Redrive(order_id, resume=SagaPlan(order_id, self._step_commands(uow, row)), done=done)
+            resume = SagaPlan(order_id, self._step_commands(uow, row), saga)
+            return Redrive(order_id, resume=resume, done=done)
 
         return self.db.run(work)
 
     # --- internals ------------------------------------------------------------------
 
-    def _every_compensation(self, order_id: str) -> CompensationPlan:
-        return CompensationPlan(
-            order_id, self.saga.compensations, CancelOrder(order_id=order_id).model_dump(mode="json")
-        )
+    def _every_compensation(self, order_id: str, saga: Saga) -> CompensationPlan:
+        cancel = CancelOrder(order_id=order_id).model_dump(mode="json")
+        return CompensationPlan(order_id, saga.compensations, cancel, saga)
 
     def _maybe_cancel(self, uow: UnitOfWork, order_id: str) -> OrderStatus:
         row = order_row(uow, order_id)
-        undone = row.compensated or (self.choreography and all_undone(row.steps or {}, self.saga))
+        undone = row.compensated or (self.choreography and all_undone(row.steps or {}, self.saga_of(row)))
         if row.status not in OPEN or not undone or row.failure_reason is None:
             return OrderStatus(row.status)
         now = utcnow()
@@ -352,7 +359,12 @@ class SagaMemory(OrderStore):
             "payment_token": row.payment_token,
             "ship_to": Address(**row.ship_to),
         }
-        return {step.name: _command(step.command, facts) for step in self.saga.steps}
+        return {step.name: _command(step.command, facts) for step in self.saga_of(row).steps}
+
+
+def _completes(saga: Saga) -> set[str]:
+    """The steps a completed order has seen done once its story is whole."""
+    return {step.name for step in saga.steps if step.service != "order"} | {step.name for step in saga.epilogue}
 
 
 def _command(model: type[Command], facts: dict[str, Any]) -> dict[str, Any]:

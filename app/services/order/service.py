@@ -104,6 +104,7 @@ class OrderService(SagaMemory, OrderQueries):
                     idempotency_key=request.idempotency_key,
                     request_fingerprint=fingerprint if request.idempotency_key is not None else None,
                     saga_state=SagaState.RUNNING,
+                    saga_version=self.definitions.current_version,
                     steps={},
                     compensated=False,
                     # choreography: the saga starts with OrderPlaced itself

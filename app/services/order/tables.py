@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from app.domain.errors import OrderNotFound
 from app.domain.events import Envelope, Event
-from app.domain.saga import CHECKOUT, Saga
+from app.domain.saga import CHECKOUT, DEFINITIONS, Saga, SagaDefinitions
 from app.domain.states import OrderStatus
 from app.persistence.db import Database, UnitOfWork
 from app.persistence.tables import standard_tables
@@ -64,6 +64,9 @@ orders = Table(
     # event, when it comes, starts the compensation (see SagaMemory.review_failure)
     Column("compensation_deferred", String(64)),
     Column("attention", String(255)),  # why a NEEDS_ATTENTION saga is parked
+    # the version of the saga definition the order started under, which it follows to the
+    # end (app/domain/saga.py SagaDefinitions.for_order); orders from before it was kept: 1
+    Column("saga_version", Integer, nullable=False, server_default="1"),
     Column("redrives", Integer, nullable=False, server_default="0"),  # times the sweeper re-drove it
     Column("compensated", Boolean, nullable=False),
     Column("saga_dispatched_at", DateTime(timezone=True)),
@@ -132,15 +135,29 @@ class OrderStore:
     saga's memory, the read side)."""
 
     def __init__(
-        self, db: Database, *, deadline_seconds: float = 300.0, saga: Saga = CHECKOUT, choreography: bool = False
+        self,
+        db: Database,
+        *,
+        deadline_seconds: float = 300.0,
+        saga: Saga | None = None,
+        definitions: SagaDefinitions = DEFINITIONS,
+        choreography: bool = False,
     ) -> None:
         self.db = db
         self.deadline = timedelta(seconds=deadline_seconds)
-        self.saga = saga
+        #: the saga definitions by version; ``saga`` given alone is the only one
+        self.definitions = definitions if saga is None else SagaDefinitions.of(saga)
+        #: the current definition, that new orders start under
+        self.saga = self.definitions.current
         #: Choreography: no canvas runs the saga. The order follows the events: it is
         #: cancelled as soon as a failure is known (every service undoes its own part on
         #: that event), and completed on PaymentCaptured.
         self.choreography = choreography
+
+    def saga_of(self, row: Any) -> Saga:
+        """The saga definition an order follows: the one it started under (its row's
+        ``saga_version``)."""
+        return self.definitions.for_order(row.saga_version)
 
     def _emit(self, uow: UnitOfWork, evt: Event) -> None:
         add_to_timeline(uow, uow.emit(evt), self.saga)
