@@ -23,6 +23,7 @@ import logging
 import uuid
 from typing import Any
 
+import redis as redis_py
 from kombu import Connection
 from kombu.transport import redis
 from kombu.utils.encoding import bytes_to_str
@@ -76,7 +77,20 @@ def read_envelope(item: bytes | str, queue: str, codecs: Any) -> dict[str, Any]:
 
 
 class Channel(redis.Channel):
-    """kombu's Redis channel, reading each payload it takes off a list with :func:`read_envelope`."""
+    """kombu's Redis channel, reading each payload it takes off a list with :func:`read_envelope`;
+    a channel whose connection was already let go fails as a lost connection (see :meth:`_connparams`)."""
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        # On a lost connection Celery's consumer first collects it, which lets its transport go
+        # (``transport.client = None``), then closes it: the channel, closed again, tries again to
+        # hand back its unacknowledged messages, and kombu would read the settings of a client that
+        # is gone (AttributeError: the worker exits, "Unrecoverable error"). A connection error
+        # instead is what both callers ignore; the messages stay unacknowledged under the broker's
+        # visibility timeout, which hands them back.
+        if self.connection.client is None:
+            raise redis_py.exceptions.ConnectionError("this channel's broker connection was already closed")
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        return params
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's Channel._brpop_read (kombu 5.7), with the payload read by read_envelope
