@@ -327,17 +327,22 @@ class Envelope(BaseModel):
         return wire
 
 
+class UnwritableVersion(ValueError):
+    """``CHECKOUT_EMIT_VERSIONS`` names a type or a version this code cannot write."""
+
+
 def emit_versions(requested: Mapping[str, int]) -> dict[str, int]:
     """``CHECKOUT_EMIT_VERSIONS`` checked against the code: each type known, and its version
-    one this code can write it as (the latest, or one its downcasters reach). ValueError,
-    naming the entry, for any other; the latest itself is left out (nothing to do)."""
+    one this code can write it as (the latest, or one its downcasters reach).
+    :class:`UnwritableVersion`, naming the entry, for any other; the latest itself is left
+    out (nothing to do)."""
     checked = {}
     for type_, version in requested.items():
         latest = latest_version(type_)
         if latest == 0:
-            raise ValueError(f"CHECKOUT_EMIT_VERSIONS: unknown event type {type_!r}")
+            raise UnwritableVersion(f"CHECKOUT_EMIT_VERSIONS: unknown event type {type_!r}")
         if not can_write(type_, latest, version):
-            raise ValueError(
+            raise UnwritableVersion(
                 f"CHECKOUT_EMIT_VERSIONS: {type_}={version}: this code writes {type_} v{latest} "
                 "and cannot write that version"
             )

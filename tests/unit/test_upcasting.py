@@ -4,11 +4,15 @@ reason that says what to do, and the chain v1 -> v2 -> v3 once a v3 is registere
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from app.api import validate_order
+from app.bootstrap import Runtime
+from app.cli import main
 from app.domain import events, upcasting
 from app.domain.events import (
     REGISTRY,
@@ -22,6 +26,7 @@ from app.domain.events import (
 from app.domain.upcasting import DOWNCASTERS, UPCASTERS, downcast, upcast
 from app.domain.values import DEFAULT_ADDRESS
 from config.settings import Settings
+from tests.conftest import purge_memory_broker
 from tests.support.upgrade import OrderPlacedV3, read_v3
 
 pytestmark = pytest.mark.timeout(60)
@@ -161,3 +166,31 @@ def test_emit_versions_are_checked_against_the_code() -> None:
     for bad in ("OrderPlaced", "OrderPlaced=0", "OrderPlaced=one", "OrderPlaced=1,OrderPlaced=1"):
         with pytest.raises(ValidationError, match="emit_versions"):
             Settings(emit_versions=bad)
+
+
+def test_a_version_the_code_cannot_write_stops_a_command_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHECKOUT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CHECKOUT_EMIT_VERSIONS", "OrderPlaced=3")
+    assert main(["orders", "list"]) == 2
+    assert capsys.readouterr().err == (
+        "configuration error (see `python -m app settings --help`):\n"
+        "  CHECKOUT_EMIT_VERSIONS: OrderPlaced=3: this code writes OrderPlaced v2 and cannot write that version\n"
+    )
+
+
+def test_the_order_service_writes_the_version_it_is_told_and_a_consumer_of_v2_reads_it(settings: Settings) -> None:
+    runtime = Runtime(settings.model_copy(update={"emit_versions": "OrderPlaced=1"}))
+    runtime.prepare()
+    try:
+        order_id, _ = runtime.order.place(validate_order("c", [{"sku": "LAMP-01", "qty": 2}]))
+        (written,) = [env for env in runtime.databases["order"].log(order_id) if env.event_type == "OrderPlaced"]
+        assert written.version == 1 and OrderPlacedV1.model_validate(written.payload).lines[0].qty == 2
+        assert runtime.celery.tasks["order.start"].apply(args=(written.to_wire(),)).successful()
+        assert runtime.dead_letters.find(order_id=order_id) == []
+        evt = written.open()
+        assert isinstance(evt, OrderPlaced) and evt.lines[0].unit_price_cents == 3999
+    finally:
+        runtime.close()
+        purge_memory_broker()  # the saga it started stays queued, unsent to any worker
