@@ -24,6 +24,7 @@ from app.adapters.fake_carrier import FakeCarrier
 from app.adapters.fake_gateway import FakePaymentGateway
 from app.domain.admission import Admission, Limits
 from app.domain.catalog import CATALOG
+from app.domain.events import emit_versions
 from app.domain.saga import DEFINITIONS, Saga, SagaDefinitions
 from app.domain.subscriptions import CHOREOGRAPHY, subscriptions
 from app.extensions import Extension, load, load_all, with_extensions
@@ -72,9 +73,12 @@ class Runtime:
         self.settings = settings if settings is not None else Settings()
         self.engines: dict[str, Engine] = {}  # one per database URL, shared by whoever uses it
         self.databases: dict[str, Database] = {}
+        written_as = emit_versions(self.settings.emit_version_map)
         for service in SERVICES:
             module = SERVICE_MODULES[service]
-            self.databases[service] = Database(service, self._engine(service), module.metadata, module.tables)
+            self.databases[service] = Database(
+                service, self._engine(service), module.metadata, module.tables, emit_versions=written_as
+            )
         #: consumers added by CHECKOUT_EXTENSIONS, each with a database of its own tables
         self.extensions: dict[str, Extension] = load_all(self.settings.extension_targets)
         for name, ext in self.extensions.items():

@@ -52,6 +52,19 @@ def _extension_entries(value: str) -> list[tuple[str, str]]:
     return entries
 
 
+def _emit_entries(value: str) -> dict[str, int]:
+    """``"OrderPlaced=1, X=2"`` -> ``{"OrderPlaced": 1, "X": 2}`` (ValueError for another shape)."""
+    entries: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, version = (part.strip() for part in item.partition("="))
+        if not sep or not name or not version.isdigit() or int(version) < 1:
+            raise ValueError(f"{item!r} is not TYPE=VERSION (e.g. OrderPlaced=1)")
+        if name in entries:
+            raise ValueError(f"{name} named twice")
+        entries[name] = int(version)
+    return entries
+
+
 def is_loopback(host: str | None) -> bool:
     """True for this machine only: 127.0.0.0/8, ::1, localhost — or no host (a Unix socket, a file)."""
     if not host or host.lower() in {"localhost", "ip6-localhost"}:
@@ -273,6 +286,12 @@ class Settings(BaseSettings):
         "OrderCompleted/OrderCancelled), or your own as name=package.module:attribute. Replay feeds a new one "
         "its history.",
     )
+    emit_versions: str = Field(
+        "",
+        description="Events to write in an earlier version while some consumers still read only that one, "
+        "comma-separated TYPE=VERSION (e.g. OrderPlaced=1): the producer downcasts them. Remove an entry once "
+        "every consumer of the type is upgraded.",
+    )
     log_level: str = Field("WARNING", description="Log level of workers started in-process.")
     log_format: Literal["json", "text"] = Field(
         "json",
@@ -377,6 +396,17 @@ class Settings(BaseSettings):
                     f"for your own, name=package.module:attribute"
                 )
         return value
+
+    @field_validator("emit_versions")
+    @classmethod
+    def _type_equals_version(cls, value: str) -> str:
+        _emit_entries(value)
+        return value
+
+    @property
+    def emit_version_map(self) -> dict[str, int]:
+        """Each event type to write in an earlier version, and that version."""
+        return _emit_entries(self.emit_versions)
 
     @property
     def extension_targets(self) -> dict[str, str]:

@@ -121,6 +121,11 @@ def _bad_settings(exc: Exception) -> bool:
     """Say what is wrong with the settings, if that is what ``exc`` is."""
     from pydantic import ValidationError  # loaded already if that is what was raised
 
+    from app.domain.events import UnwritableVersion
+
+    if isinstance(exc, UnwritableVersion):  # a setting only the code can check: its message names it
+        print(f"configuration error (see `python -m app settings --help`):\n  {exc}", file=sys.stderr)
+        return True
     if not isinstance(exc, ValidationError):
         return False
     print("configuration error (see `python -m app settings --help`):", file=sys.stderr)

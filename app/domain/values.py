@@ -40,6 +40,13 @@ class Line(BaseModel):
     qty: int = Field(ge=1, le=MAX_QTY)
 
 
+class PricedLine(Line):
+    """An order line with its unit price in minor units when the order was placed (None: not
+    known — an order placed before lines carried prices, whose price its event cannot tell)."""
+
+    unit_price_cents: int | None = Field(ge=0, le=MAX_INT)
+
+
 def at_most_max_qty_per_sku(lines: tuple[Line, ...]) -> tuple[Line, ...]:
     """A SKU may span several lines, but its total stays within MAX_QTY (stock is reserved
     per SKU, so the total is what a reservation holds)."""
@@ -73,6 +80,15 @@ class Address(BaseModel):
         if pycountry.countries.get(alpha_2=value) is None or value != value.upper():
             raise ValueError(f"unknown ISO 3166-1 alpha-2 country code {value!r}")
         return value
+
+
+class PostalAddress(Address):
+    """An address with every field given: no placeholder stands in for a missing one."""
+
+    name: Text = Field(min_length=1, max_length=100)
+    line1: Text = Field(min_length=1, max_length=200)
+    city: Text = Field(min_length=1, max_length=100)
+    postal_code: Text = Field(min_length=1, max_length=20)
 
 
 DEFAULT_ADDRESS = Address(

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.domain.contracts import Change, compare
-from app.domain.events import REGISTRY, Envelope, Event
+from app.domain.events import REGISTRY, VERSIONS, Envelope, Event
 from app.domain.saga import CHECKOUT
 from app.messaging.tasks import task_bodies
 
@@ -80,13 +80,17 @@ def contracts(
     registry: Mapping[str, type[Event]] = REGISTRY,
     bodies: Mapping[str, type[BaseModel]] | None = None,
     envelope: type[BaseModel] = Envelope,
+    versions: Mapping[tuple[str, int], type[Event]] = VERSIONS,
 ) -> Contracts:
-    """The code's contracts: the registered events, the tasks' bodies (the checkout saga's
-    tasks by default) and the envelope. Give a copy of any of them to see what a change to
-    it would do."""
+    """The code's contracts: the registered events (every version each type is read in:
+    ``versions``, then each type's latest in ``registry``), the tasks' bodies (the checkout
+    saga's tasks by default) and the envelope. Give a copy of any of them to see what a
+    change to it would do."""
     bodies = task_bodies(CHECKOUT) if bodies is None else bodies
     wrapper = Contract("envelope", "Envelope", ENVELOPE_VERSION, envelope)
-    events = [Contract("event", name, cls.VERSION, cls) for name, cls in sorted(registry.items())]
+    models = {key: cls for key, cls in versions.items() if key[0] in registry}
+    models.update({(name, cls.VERSION): cls for name, cls in registry.items()})
+    events = [Contract("event", name, version, cls) for (name, version), cls in sorted(models.items())]
     commands = [Contract("command", task, 1, model) for task, model in sorted(bodies.items()) if model is not Envelope]
     by_task = {c.name: c.path for c in commands}
     tasks = {task: by_task.get(task, wrapper.path) for task in sorted(bodies)}

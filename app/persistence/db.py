@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,10 +109,13 @@ class StepRecord:
 class UnitOfWork:
     """One transaction in one service's database, plus the events it produced."""
 
-    def __init__(self, conn: Connection, tables: StandardTables, causation_id: str | None) -> None:
+    def __init__(
+        self, conn: Connection, tables: StandardTables, causation_id: str | None, emit_versions: Mapping[str, int]
+    ) -> None:
         self.conn = conn
         self.tables = tables
         self.causation_id = causation_id
+        self.emit_versions = emit_versions  # see Database
         self.new_events: list[Envelope] = []
         #: the work is done and the commit under way (a connection lost now: outcome unknown)
         self.committing = False
@@ -130,6 +133,7 @@ class UnitOfWork:
             attempts=current.number if current is not None else None,
             duration_ms=current.duration_ms(now) if current is not None else None,
             traceparent=tracecontext.current(),
+            version=self.emit_versions.get(evt.TYPE),
         )
         self.conn.execute(
             insert(self.tables.events).values(
@@ -216,12 +220,21 @@ class Database:
     """One service's database: its engine, its tables, and how its transactions run."""
 
     def __init__(
-        self, service: str, engine: Engine, metadata: MetaData, tables: StandardTables, *, migrated: bool = True
+        self,
+        service: str,
+        engine: Engine,
+        metadata: MetaData,
+        tables: StandardTables,
+        *,
+        migrated: bool = True,
+        emit_versions: Mapping[str, int] | None = None,
     ) -> None:
         self.service = service
         self.engine = engine
         self.metadata = metadata
         self.tables = tables
+        #: event type -> the earlier version to write it as (CHECKOUT_EMIT_VERSIONS, Envelope.wrap)
+        self.emit_versions: Mapping[str, int] = emit_versions or {}
         #: False: no Alembic line of its own (an extension's tables): created where missing
         self.migrated = migrated
         self._after_commit: list[CommitHook] = []
@@ -235,7 +248,7 @@ class Database:
     def unit_of_work(self, causation_id: str | None = None) -> Iterator[UnitOfWork]:
         with self.engine.connect() as conn:
             with conn.begin():
-                uow = UnitOfWork(conn, self.tables, causation_id)
+                uow = UnitOfWork(conn, self.tables, causation_id, self.emit_versions)
                 yield uow
                 uow.committing = True
         if uow.new_events:

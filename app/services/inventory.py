@@ -155,7 +155,7 @@ class InventoryService:
 
     def reserve_on_placed(self, env: Envelope) -> ReserveInventory:
         """An order was placed: reserve its lines."""
-        return ReserveInventory(order_id=env.key, lines=placed(env).lines)
+        return ReserveInventory(order_id=env.key, lines=placed(env).quantities())
 
     def undo(self, env: Envelope, causation_id: str | None = None) -> StepRecord:
         """A failure event or OrderCancelled: give the order's stock back, and say so even

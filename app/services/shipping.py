@@ -143,7 +143,7 @@ class ShippingService:
                 if row.ship_to is None:
                     values.update(
                         ship_to=placed.ship_to.model_dump(mode="json"),
-                        lines=[line.model_dump(mode="json") for line in placed.lines],
+                        lines=[line.model_dump(mode="json") for line in placed.quantities()],
                     )
             elif not getattr(row, _JOINS[env.event_type]):
                 values[_JOINS[env.event_type]] = True

@@ -22,7 +22,7 @@ from app.adapters.fake_gateway import ledger
 from app.api import validate_order
 from app.bootstrap import Runtime
 from app.domain.events import Envelope, InventoryReserved, OrderPlaced, PaymentAuthorized
-from app.domain.values import Address, Line
+from app.domain.values import Address, Line, PostalAddress, PricedLine
 from app.operations.eventgraph import EMITS
 from app.services.payment import payments
 from app.services.shipping import shipments
@@ -135,8 +135,8 @@ def join_events(order_id: str) -> list[Envelope]:
             OrderPlaced(
                 order_id=order_id,
                 customer_id="c",
-                ship_to=Address(country="FR"),
-                lines=lines,
+                ship_to=PostalAddress(**Address(country="FR").model_dump()),
+                lines=tuple(PricedLine(**line.model_dump(), unit_price_cents=1299) for line in lines),
                 total_cents=1299,
                 currency="EUR",
                 payment_token="tok_ok",

@@ -18,11 +18,12 @@ from app.domain.commands import AuthorizePayment
 from app.domain.contracts import Change, compare
 from app.domain.events import (
     REGISTRY,
+    VERSIONS,
     Envelope,
     Event,
     OrderCancelled,
     OrderCompleted,
-    OrderPlaced,
+    OrderPlacedV1,
     PaymentCaptured,
     PaymentDeclined,
 )
@@ -100,7 +101,7 @@ BREAKING = {
         "event OrderCancelled v1: field note: new required field",
     ),
     "maximum lowered": (
-        {"OrderPlaced": variant(OrderPlaced, total_cents=(int, Field(ge=0, le=1000)))},
+        {"OrderPlaced": variant(OrderPlacedV1, total_cents=(int, Field(ge=0, le=1000)))},
         "event OrderPlaced v1: field total_cents: maximum lowered from 2147483647 to 1000",
     ),
     "minimum raised": (
@@ -116,7 +117,7 @@ BREAKING = {
         "event OrderCompleted v1: field currency: pattern changed from '^[A-Z]{3}$' to '^[A-Z]{2}$'",
     ),
     "nested bound lowered": (
-        {"OrderPlaced": variant(OrderPlaced, lines=(tuple[variant(Line, qty=(int, Field(ge=1, le=10))), ...], ...))},
+        {"OrderPlaced": variant(OrderPlacedV1, lines=(tuple[variant(Line, qty=(int, Field(ge=1, le=10))), ...], ...))},
         "event OrderPlaced v1: field lines[].qty: maximum lowered from 1000 to 10",
     ),
 }
@@ -150,7 +151,7 @@ def test_an_enum_narrowed_is_breaking_and_widened_compatible(tmp_path: Path) -> 
 
 def test_a_new_optional_field_or_a_bound_widened_is_compatible_and_named(tmp_path: Path) -> None:
     registry = events(
-        OrderPlaced=variant(OrderPlaced, gift_note=(str | None, Field(None, max_length=200))),
+        OrderPlaced=variant(OrderPlacedV1, gift_note=(str | None, Field(None, max_length=200))),
         OrderCancelled=variant(OrderCancelled, reason=(str, Field(min_length=1, max_length=64))),
     )
     report = checked(tmp_path, contracts(registry=registry))
@@ -182,21 +183,23 @@ def test_a_breaking_change_to_a_task_body_names_the_task(tmp_path: Path) -> None
 def test_a_new_version_must_be_exported_and_the_old_one_removed_is_breaking(tmp_path: Path) -> None:
     bumped = variant(OrderCompleted)
     bumped.VERSION = 2  # type: ignore[attr-defined]
-    report = checked(tmp_path, contracts(registry=events(OrderCompleted=bumped)))
-    assert report.missing == [
-        "event OrderCompleted v2 (events/OrderCompleted.v2.json): run `python -m app schemas export`"
-    ]
+    missing = ["event OrderCompleted v2 (events/OrderCompleted.v2.json): run `python -m app schemas export`"]
+    kept = checked(tmp_path / "kept", contracts(registry=events(OrderCompleted=bumped)))
+    assert (kept.missing, kept.breaking) == (missing, [])  # v1 is still read: its contract stays
+    without_v1 = {key: cls for key, cls in VERSIONS.items() if key != ("OrderCompleted", 1)}
+    report = checked(tmp_path / "dropped", contracts(registry=events(OrderCompleted=bumped), versions=without_v1))
+    assert report.missing == missing
     assert report.breaking == [
         "event OrderCompleted v1: version removed (no model in the code for events/OrderCompleted.v1.json)"
     ]
 
 
 def test_compare_resolves_refs_in_pydantic_schemas() -> None:
-    rebuilt = variant(OrderPlaced, ship_to=(variant(Address), ...))
-    assert compare(OrderPlaced.model_json_schema(), rebuilt.model_json_schema()) == []
-    fewer = variant(OrderPlaced, lines=(tuple[variant(Line, drop=("sku",)), ...], ...))
+    rebuilt = variant(OrderPlacedV1, ship_to=(variant(Address), ...))
+    assert compare(OrderPlacedV1.model_json_schema(), rebuilt.model_json_schema()) == []
+    fewer = variant(OrderPlacedV1, lines=(tuple[variant(Line, drop=("sku",)), ...], ...))
     removed = Change("lines[].sku", "removed", True)
-    assert compare(OrderPlaced.model_json_schema(), fewer.model_json_schema()) == [removed]
+    assert compare(OrderPlacedV1.model_json_schema(), fewer.model_json_schema()) == [removed]
 
 
 NULLABLE = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}

@@ -168,7 +168,10 @@ def test_an_event_consumer_reads_newer_metadata_but_dead_letters_what_it_cannot_
     letters = sorted(rt.dead_letters.find(order_id=order_id), key=lambda d: d.reason)
     assert [(d.task, d.attempts) for d in letters] == [("order.record", 1)] * 2
     assert letters[0].reason.startswith("invalid InventoryReserved version 1 payload: warehouse: Extra inputs")
-    assert letters[1].reason == "unreadable event: InventoryReserved version 2: this code reads version 1 only"
+    assert letters[1].reason == (
+        "unreadable event: InventoryReserved v2 is newer than this worker reads (up to v1): "
+        "upgrade the consumer, then redrive"
+    )
 
 
 def test_a_sweep_round_that_loses_the_broker_ends_for_the_next_round_to_do_again(

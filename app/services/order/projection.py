@@ -109,7 +109,8 @@ class OrderFacts:
 def fold(order_id: str, events: list[Envelope], saga: Saga = CHECKOUT) -> OrderFacts:
     """The order's projection rebuilt from every service's events about it, oldest first.
 
-    The order's own events carry its decisions: OrderPlaced (customer and totals),
+    Each event is read in the latest version of its type (``Envelope.upcast``), whatever
+    version the log holds. The order's own events carry its decisions: OrderPlaced (customer and totals),
     OrderCompleted and OrderCancelled (status and reason; the service writes each in the
     transaction that changes the status). Every other event goes through :func:`learn`, as
     :meth:`SagaMemory.record` does live; an event seen twice counts once.
@@ -121,9 +122,10 @@ def fold(order_id: str, events: list[Envelope], saga: Saga = CHECKOUT) -> OrderF
     order's own that gave up) — until the OrderCancelled that carries it.
     """
     facts = OrderFacts(order_id)
-    for env in events:
-        if env.event_id in facts.event_ids:
+    for written in events:
+        if written.event_id in facts.event_ids:
             continue
+        env = written.upcast()  # a log keeps old versions as written: read each as the latest
         changes: dict[str, Any] = {"event_ids": facts.event_ids | {env.event_id}}
         payload = env.payload
         if env.event_type == "OrderPlaced":

@@ -13,6 +13,7 @@ from app.domain.commands import CompleteOrder, ParkOrder, PlaceOrder
 from app.domain.errors import InvalidOrder, NotParked
 from app.domain.events import Envelope, OrderCompleted, OrderPlaced
 from app.domain.states import TERMINAL, OrderStatus, SagaState, StepOutcome
+from app.domain.values import PostalAddress, PricedLine
 from app.persistence.db import StepRecord, UnitOfWork, utcnow
 from app.services.order.queries import OrderQueries, same_order
 from app.services.order.saga_memory import SagaMemory
@@ -132,8 +133,11 @@ class OrderService(SagaMemory, OrderQueries):
                 OrderPlaced(
                     order_id=order_id,
                     customer_id=request.customer_id,
-                    ship_to=request.ship_to,
-                    lines=request.items,
+                    ship_to=PostalAddress(**request.ship_to.model_dump()),
+                    lines=tuple(
+                        PricedLine(sku=line.sku, qty=line.qty, unit_price_cents=prices[line.sku].price_cents)
+                        for line in request.items
+                    ),
                     total_cents=total,
                     currency=request.currency,
                     # choreography: payment authorizes from this event, so it needs the token
