@@ -155,10 +155,10 @@ async def preview_or_act(
         context: dict[str, Any] = {"preview": shown(await run_in_threadpool(preview))}
     else:
         try:
-            context = {"done": await run_in_threadpool(act, confirm)}
+            context = {"outcome": await run_in_threadpool(act, confirm)}
         except StalePreview as exc:
             context = {"preview": shown(exc.preview), "stale": str(exc)}
-    headers = ACTED if "done" in context else None
+    headers = ACTED if "outcome" in context else None
     if "hx-request" in request.headers:
         return page(request, template, headers=headers, **context)
     return page(request, "acted.html", headers=headers, partial=template, listing=listing, **context)
