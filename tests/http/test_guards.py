@@ -66,6 +66,7 @@ def test_with_a_token_every_endpoint_but_health_needs_it(embedded: System) -> No
         assert http.get(placed.headers["location"], headers=authorized).status_code == 200
         assert http.get("/metrics", headers=authorized).status_code == 200
         assert http.get("/", headers=authorized).status_code == 200
+        assert http.get("/docs", headers=authorized).status_code == 200
         assert http.get("/openapi.json", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
 
 
