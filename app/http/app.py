@@ -20,7 +20,7 @@ from app.api import System, admit_and_place, validate_order
 from app.bootstrap import Runtime
 from app.domain.errors import Busy, IdempotencyKeyReused, InvalidOrder, OrderNotFound
 from app.domain.states import TERMINAL, OrderStatus
-from app.http import console, operator, schemas
+from app.http import console, docs, operator, schemas
 from app.http.auth import BearerAuth, Lock
 from app.http.operator import OPERATOR_PATHS
 from app.http.ratelimit import RateLimit
@@ -68,6 +68,8 @@ def create_app(
         version="1",
         max_body_size=settings.api_max_body_bytes if max_body_bytes is None else max_body_bytes,
         responses=ERRORS if token else None,
+        docs_url=None,  # served by docs.mount, from vendored files
+        redoc_url=None,
     )
     if locks:
         api.add_middleware(BearerAuth, locks=locks)
@@ -77,6 +79,7 @@ def create_app(
     _operating(api, rt)
     operator.register(api, rt, guarded=bool(locks))
     console.mount(api, rt, set(locks.values()))
+    docs.mount(api)
     return api
 
 

@@ -32,8 +32,8 @@ SIGN_IN = "/console/sign-in"
 OPEN_PATHS = frozenset({"/health", SIGN_IN})
 
 #: Path prefixes answered without a token: the console's files (its CSS, htmx, Mermaid — no data),
-#: which the sign-in page uses too.
-OPEN_PREFIXES = ("/console/static",)
+#: which the sign-in page uses too, and the API's (Swagger UI's, for ``/docs``).
+OPEN_PREFIXES = ("/console/static", "/static")
 
 #: Methods that change nothing: a signed-in browser's cookie opens them from any page.
 SAFE_METHODS = frozenset({"GET", "HEAD"})

@@ -59,12 +59,14 @@ def test_with_a_token_every_endpoint_but_health_needs_it(embedded: System) -> No
 
         assert http.get("/health").status_code == 200  # a probe needs no token
         assert http.get("/console/static/htmx.min.js").status_code == 200  # no data: the sign-in page uses it
+        assert http.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200  # nor /docs' files
         authorized = {"Authorization": f"Bearer {TOKEN}"}
         placed = http.post("/orders", json={"customer_id": "insider", "items": MUG}, headers=authorized)
         assert placed.status_code == 201, placed.text
         assert http.get(placed.headers["location"], headers=authorized).status_code == 200
         assert http.get("/metrics", headers=authorized).status_code == 200
         assert http.get("/", headers=authorized).status_code == 200
+        assert http.get("/docs", headers=authorized).status_code == 200
         assert http.get("/openapi.json", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
 
 

@@ -7,6 +7,7 @@ the body size limit (413), /health, /metrics and the OpenAPI document."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -245,3 +246,23 @@ def test_health_metrics_and_the_openapi_document(client: httpx.Client) -> None:
     assert {"201", "400", "413", "422", "429", "503"} <= set(spec["paths"]["/orders"]["post"]["responses"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+#: The content type each of the docs page's files must be served with, by its name's ending.
+ASSET_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
+
+
+def test_the_docs_page_loads_every_file_from_this_server(client: httpx.Client) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert not re.search(r"https?://", docs.text), docs.text  # no CDN: every file is this server's
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert {asset.rsplit(".", 1)[-1] for asset in assets} == {"js", "css", "png"}, assets
+    for asset in assets:
+        answer = client.get(asset)
+        assert answer.status_code == 200, asset
+        kind = answer.headers["content-type"].split(";")[0]
+        assert kind in ASSET_TYPES[asset[asset.rindex(".") :]], (asset, kind)
+        assert len(answer.content) > 100, asset
+    assert "'/openapi.json'" in docs.text and client.get("/openapi.json").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN: not served
