@@ -75,17 +75,24 @@ def place(
         print(f"not placed: the system is {exc} (nothing was written)", file=sys.stderr)
         return 3
     if no_wait:
-        print(order_id)
+        outcome(order_id)
         return 0
     try:
         view = checkout.wait_for_order(order_id, timeout=timeout)
     except TimeoutError:
-        print(f"{order_id} PENDING")
+        outcome(f"{order_id} PENDING")
         print(
             f"still PENDING after {timeout:g}s: the order is placed and its saga goes on; "
             f"`python -m app orders show {order_id}` follows it",
             file=sys.stderr,
         )
         return 4
-    print(f"{order_id} {view.status} {view.reason or ''}".rstrip())
+    outcome(f"{order_id} {view.status} {view.reason or ''}".rstrip())
     return 0
+
+
+def outcome(line: str) -> None:
+    """The outcome line on stdout in one write: print() writes the line and its end apart,
+    and a span exporter printing to stdout from its own thread (OTEL_TRACES_EXPORTER=console)
+    could land between them, in the middle of the line a script reads."""
+    sys.stdout.write(line + "\n")
