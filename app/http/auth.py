@@ -19,6 +19,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import cookie_parser
@@ -51,9 +52,10 @@ class Lock:
         """The name of the cookie a signed-in browser keeps for this token."""
         return "console_" + self.setting.removeprefix("CHECKOUT_").removesuffix("_TOKEN").lower()
 
-    @property
+    @cached_property
     def proof(self) -> str:
-        """The cookie's value: an HMAC of the token (the token itself never leaves in a cookie)."""
+        """The cookie's value: an HMAC of the token (the token itself never leaves in a cookie);
+        worked out once, not on every request the cookie comes with."""
         return hmac.new(self.token.encode(), b"checkout console sign-in", hashlib.sha256).hexdigest()
 
 
